@@ -1,0 +1,184 @@
+"""The memory model (paper Eq. 3-4), read off the model itself.
+
+For input channel ``c`` of a layer with kernel ``(kh, kw, C_in / g, C_out)``, input ``H x W`` and
+output ``H' x W'``, per sample:
+
+* weight cost      ``C^W_c = (C_out / g) * kh * kw``   (``C_out*k*k``; depthwise ``k*k``);
+* activation cost  ``C^A_c = H * W``;
+* space            ``(Theta_space)_c = C^W_c + C^A_c``                         (Eq. 3);
+* time             ``(Theta_time)_c = kh * kw * (C_out / g) * H' * W'``        (Eq. 4, dW MACs).
+
+A budget ``B_mem`` is a count of tensor elements (units): the sum of ``Theta_space`` over the
+selected channels of conv layers. Biases, BatchNorm and dense layers (the classifier) are not
+charged. Shapes come from ``jax.eval_shape`` of the model with an interceptor on the selective
+layers, never from hand-written tables.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Mapping, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from trady_jax import layers, ops
+from trady_jax import selection as sel
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerCost:
+  """Per-input-channel costs of one selective layer (per sample).
+
+  Attributes:
+    path: the kernel's leaf path in the params, e.g. ``'blocks_3/depthwise/kernel'``.
+    index: position among charged (conv) layers in forward order, ``-1`` for dense layers.
+    kind: ``'conv' | 'pointwise' | 'depthwise' | 'grouped' | 'dense'``.
+    in_channels, out_channels, groups: channel shape of the layer.
+    kernel_size, stride: spatial hyper-parameters (``(1, 1)`` for dense).
+    in_hw, out_hw: spatial input / output size (dense: tokens per sample, 1).
+    weight, activation, macs: ``C^W_c``, ``C^A_c`` and ``(Theta_time)_c`` of one input channel.
+    charged: counts towards ``B_mem`` (conv layers) or not (dense / classifier).
+  """
+  path: str
+  index: int
+  kind: str
+  in_channels: int
+  out_channels: int
+  groups: int
+  kernel_size: tuple[int, int]
+  stride: tuple[int, int]
+  in_hw: tuple[int, int]
+  out_hw: tuple[int, int]
+  weight: int
+  activation: int
+  macs: int
+  charged: bool
+
+  @property
+  def memory(self) -> int:
+    """``(Theta_space)_c``: units to train one input channel (Eq. 3)."""
+    return self.weight + self.activation
+
+  @property
+  def layer_memory(self) -> int:
+    """Units to train the whole layer."""
+    return self.memory * self.in_channels
+
+  def channels(self, idx) -> sel.Channels:
+    """A ``Channels`` selection leaf for this kernel."""
+    depthwise = self.kind == "depthwise"
+    return sel.Channels(idx=jnp.asarray(idx, jnp.int32), axis=-1 if depthwise else -2,
+                        multiplier=self.out_channels // self.in_channels if depthwise else 1)
+
+
+@dataclasses.dataclass(frozen=True)
+class NetworkCosts:
+  """All selective layers of a model in forward order, with aggregate helpers."""
+  layers: tuple[LayerCost, ...]
+
+  @property
+  def convs(self) -> tuple[LayerCost, ...]:
+    return tuple(l for l in self.layers if l.charged)
+
+  def __getitem__(self, path: str) -> LayerCost:
+    for l in self.layers:
+      if l.path == path:
+        return l
+    raise KeyError(f"unknown layer {path!r}; known: {[l.path for l in self.layers]}")
+
+  def totals(self) -> dict[str, int]:
+    """Whole-network ``weights``, ``activations``, ``total`` units and dW ``macs`` (convs only)."""
+    w = sum(l.weight * l.in_channels for l in self.convs)
+    a = sum(l.activation * l.in_channels for l in self.convs)
+    m = sum(l.macs * l.in_channels for l in self.convs)
+    return {"weights": w, "activations": a, "total": w + a, "macs": m}
+
+  def usage(self, counts: Mapping[str, int]) -> dict[str, float]:
+    """Budget use and efficiency of a selection given as ``{path: selected channels}``.
+
+    Returns (method-spec 4.2):
+      units, weights, activations, macs: totals over the selected channels of charged layers;
+      weight_sparsity = 1 - sum_S C^W / sum_all C^W;
+      activation_sparsity = 1 - sum_S C^A / sum_all C^A;
+      flops_saved = 1 - sum_S Theta_time / sum_all Theta_time.
+    """
+    w = a = m = 0
+    for path, k in counts.items():
+      l = self[path]
+      if not l.charged:
+        continue
+      if k > l.in_channels:
+        raise ValueError(f"{path}: {k} channels selected of {l.in_channels}")
+      w, a, m = w + k * l.weight, a + k * l.activation, m + k * l.macs
+    t = self.totals()
+    return {"units": w + a, "weights": w, "activations": a, "macs": m,
+            "weight_sparsity": 1 - w / t["weights"],
+            "activation_sparsity": 1 - a / t["activations"],
+            "flops_saved": 1 - m / t["macs"]}
+
+  def table(self) -> str:
+    """A per-layer text table (index, path, kind, shapes, per-channel and layer costs)."""
+    head = (f"{'#':>3} {'layer':<34} {'kind':<9} {'Cin':>5} {'Cout':>5} {'k':>3} {'s':>2} "
+            f"{'HxW in':>9} {'C^W':>6} {'C^A':>6} {'layer mem':>10} {'dW MACs/ch':>11}")
+    rows = [head, "-" * len(head)]
+    for l in self.layers:
+      rows.append(
+          f"{l.index if l.charged else '-':>3} {l.path.removesuffix('/kernel'):<34} {l.kind:<9} "
+          f"{l.in_channels:>5} {l.out_channels:>5} {l.kernel_size[0]:>3} {l.stride[0]:>2} "
+          f"{'%dx%d' % l.in_hw:>9} {l.weight:>6} {l.activation:>6} "
+          f"{l.layer_memory if l.charged else 0:>10} {l.macs:>11}")
+    t = self.totals()
+    rows.append(f"conv layers: {len(self.convs)}  weights: {t['weights']:,}  "
+                f"activations: {t['activations']:,}  total: {t['total']:,} units  "
+                f"dW MACs: {t['macs']:,}")
+    return "\n".join(rows)
+
+
+def to_bytes(weights: int, activations: int, *, batch: int = 1, dtype: Any = jnp.float32) -> int:
+  """Bytes to hold ``weights`` weight units and ``activations`` per-sample units for a batch."""
+  return int((weights + activations * batch) * jnp.dtype(dtype).itemsize)
+
+
+def trace(model: nn.Module, input_shape: Sequence[int] = (1, 128, 128, 3),
+          **apply_kwargs) -> NetworkCosts:
+  """Costs of every ``SelectiveConv`` / ``SelectiveDense`` in ``model`` for inputs of ``input_shape``.
+
+  Only shapes are traced (``jax.eval_shape`` of ``model.init``): nothing is computed.
+  """
+  records: list[tuple[nn.Module, tuple, tuple]] = []
+
+  def interceptor(next_fun, args, kwargs, context):
+    out = next_fun(*args, **kwargs)
+    m = context.module
+    if context.method_name == "__call__" and isinstance(
+        m, (layers.SelectiveConv, layers.SelectiveDense)):
+      records.append((m, tuple(args[0].shape), tuple(out.shape)))
+    return out
+
+  x = jax.ShapeDtypeStruct(tuple(input_shape), jnp.float32)
+  with nn.intercept_methods(interceptor):
+    jax.eval_shape(lambda x: model.init(jax.random.key(0), x, **apply_kwargs), x)
+  costs, conv_index = [], 0
+  for m, xs, ys in records:
+    path = "/".join(m.path) + "/kernel"
+    if isinstance(m, layers.SelectiveConv):
+      g, (kh, kw) = m.feature_group_count, tuple(m.kernel_size)
+      cin, cout = xs[-1], m.features
+      kind = ops.conv_kind((kh, kw, cin // g, cout), g)
+      in_hw, out_hw = (xs[1], xs[2]), (ys[1], ys[2])
+      w = (cout // g) * kh * kw
+      costs.append(LayerCost(path, conv_index, kind, cin, cout, g, (kh, kw), tuple(m.strides),
+                             in_hw, out_hw, w, in_hw[0] * in_hw[1], w * out_hw[0] * out_hw[1],
+                             True))
+      conv_index += 1
+    else:
+      tokens = int(np.prod(xs[1:-1])) if len(xs) > 2 else 1
+      cout = m.features
+      costs.append(LayerCost(path, -1, "dense", xs[-1], cout, 1, (1, 1), (1, 1), (tokens, 1),
+                             (tokens, 1), cout, tokens, cout * tokens, False))
+  if not costs:
+    raise ValueError("the model has no SelectiveConv / SelectiveDense layer to cost")
+  return NetworkCosts(tuple(costs))

@@ -1,0 +1,117 @@
+"""Flax (Linen) layers driven by a selection: ``SelectiveConv`` and ``SelectiveDense``.
+
+Each layer reads its own leaves of the optional ``'selection'`` variable collection, which mirrors
+``'params'``:
+
+    model.apply({'params': params, 'selection': selection}, x)
+
+* no ``'selection'`` collection: a plain, fully differentiable layer (inference, full fine-tuning);
+* ``Channels``: the kernel goes through ``ops.selective_conv`` / ``ops.selective_dense``, which
+  store only ``x[..., idx]`` and compute the kernel gradient only for those channels;
+* ``FROZEN``: the parameter is wrapped in ``stop_gradient``; the layer still passes the input
+  gradient on (which needs only the kernel), and stores no input activation;
+* ``ALL``: trained whole, plain autodiff.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from trady_jax import ops
+from trady_jax import selection as sel
+
+Initializer = Callable[..., jax.Array]
+
+
+def _gate(module: nn.Module, name: str, value: jax.Array) -> tuple[jax.Array, Any]:
+  """The parameter as the layer should use it, and its selection leaf (None: no selection)."""
+  if not module.has_variable("selection", name):
+    return value, None
+  s = module.get_variable("selection", name)
+  if isinstance(s, sel.AllChannels):
+    return value, s
+  if isinstance(s, sel.Channels):
+    return value, s
+  return jax.lax.stop_gradient(value), s
+
+
+def explicit_padding(kernel_size: Sequence[int], padding) -> ops.Padding:
+  """``'SAME_TORCH'`` (symmetric ``k // 2``, PyTorch's convention), an int, or explicit pairs."""
+  if padding == "SAME_TORCH":
+    return tuple((k // 2, k // 2) for k in kernel_size)
+  if isinstance(padding, int):
+    return tuple((padding, padding) for _ in kernel_size)
+  if padding == "VALID":
+    return tuple((0, 0) for _ in kernel_size)
+  return tuple(tuple(int(v) for v in p) for p in padding)
+
+
+class SelectiveConv(nn.Module):
+  """2-D convolution (NHWC, HWIO kernel) whose trained input channels come from the selection.
+
+  Attributes:
+    features: output channels.
+    kernel_size: ``(kh, kw)``.
+    strides: ``(sh, sw)``.
+    padding: ``'SAME_TORCH'`` (symmetric ``k // 2``), ``'VALID'``, an int, or explicit pairs.
+    feature_group_count: 1, or the input channel count for a depthwise convolution.
+    use_bias: add a bias (BatchNorm folded into conv + bias, as in the pretrained MCU nets).
+  """
+  features: int
+  kernel_size: tuple[int, int] = (3, 3)
+  strides: tuple[int, int] = (1, 1)
+  padding: Any = "SAME_TORCH"
+  feature_group_count: int = 1
+  use_bias: bool = True
+  kernel_init: Initializer = nn.initializers.lecun_normal()
+  bias_init: Initializer = nn.initializers.zeros_init()
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    c_in = x.shape[-1]
+    g = self.feature_group_count
+    if c_in % g or self.features % g:
+      raise ValueError(f"{self.name}: {c_in} input / {self.features} output channels are not "
+                       f"divisible by feature_group_count={g}")
+    kshape = (*self.kernel_size, c_in // g, self.features)
+    kernel, s = _gate(self, "kernel", self.param("kernel", self.kernel_init, kshape))
+    strides = tuple(self.strides)
+    padding = explicit_padding(self.kernel_size, self.padding)
+    if isinstance(s, sel.Channels):
+      y = ops.selective_conv(x, kernel, s.idx, strides, padding, g)
+    else:
+      y = ops.conv2d(x, kernel, strides, padding, g)
+    if self.use_bias:
+      bias, _ = _gate(self, "bias", self.param("bias", self.bias_init, (self.features,)))
+      y = y + bias
+    return y
+
+
+class SelectiveDense(nn.Module):
+  """Dense layer ``x @ W + b`` whose trained input features come from the selection."""
+  features: int
+  use_bias: bool = True
+  kernel_init: Initializer = nn.initializers.lecun_normal()
+  bias_init: Initializer = nn.initializers.zeros_init()
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    kernel, s = _gate(self, "kernel",
+                      self.param("kernel", self.kernel_init, (x.shape[-1], self.features)))
+    if isinstance(s, sel.Channels):
+      y = ops.selective_dense(x, kernel, s.idx)
+    else:
+      y = x @ kernel
+    if self.use_bias:
+      bias, _ = _gate(self, "bias", self.param("bias", self.bias_init, (self.features,)))
+      y = y + bias
+    return y
+
+
+def global_avg_pool(x: jax.Array) -> jax.Array:
+  """Mean over the spatial axes of an NHWC tensor."""
+  return jnp.mean(x, axis=(1, 2))

@@ -1,0 +1,185 @@
+"""Selective convolution and dense kernels: the backward pass keeps only ``x[..., idx]``.
+
+For a layer ``y = conv(x, W)`` the weight gradient of input channel ``c`` is (paper Eq. 2)
+
+    dL/dW[:, :, c, :] = conv_weight_grad(x[..., c], dL/dy),
+
+so it needs only that channel's slice of the input. ``selective_conv`` and ``selective_dense``
+are ``jax.custom_vjp`` functions whose forward pass saves, as residuals, exactly
+
+    x[..., idx]  (the selected input channels)  +  idx  +  the kernel (a parameter, already live),
+
+and whose backward pass computes
+
+* the weight gradient only for the selected channels (``k*k*C_out*H_out*W_out`` MACs per channel,
+  ``k*k*H_out*W_out`` for depthwise; paper Eq. 4), scattered into a kernel-shaped array;
+* the full input gradient ``dL/dx`` (it needs only the kernel), so deeper selected layers get theirs.
+
+Channel indices are ordinary array arguments with a static length: new values never recompile.
+Static layer hyper-parameters (strides, padding, groups) are hashable ``nondiff_argnums``.
+
+``relu6`` is a ReLU6 whose backward keeps a 1-byte mask instead of a float copy of its input,
+which matters on the frozen part of the gradient path.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+Padding = tuple[tuple[int, int], ...]
+
+_DIMENSION_NUMBERS = ("NHWC", "HWIO", "NHWC")
+
+
+def conv2d(x: jax.Array, kernel: jax.Array, strides: Sequence[int], padding: Padding,
+           groups: int) -> jax.Array:
+  """Plain NHWC/HWIO grouped convolution (the forward of every conv layer)."""
+  return lax.conv_general_dilated(
+      x, kernel, window_strides=tuple(strides), padding=padding,
+      feature_group_count=groups, dimension_numbers=_DIMENSION_NUMBERS)
+
+
+def conv_kind(kernel_shape: Sequence[int], groups: int) -> str:
+  """'pointwise', 'conv', 'depthwise' or 'grouped' for an HWIO kernel and its group count."""
+  kh, kw, cin_per_group, _ = kernel_shape
+  if groups == 1:
+    return "pointwise" if (kh, kw) == (1, 1) else "conv"
+  if cin_per_group == 1:
+    return "depthwise"
+  return "grouped"
+
+
+def _output_channels(idx: jax.Array, multiplier: int) -> jax.Array:
+  """Output channels fed by input channels ``idx`` of a depthwise conv with this multiplier."""
+  if multiplier == 1:
+    return idx
+  return (idx[:, None] * multiplier + jnp.arange(multiplier, dtype=idx.dtype)).reshape(-1)
+
+
+def _check_groups(kernel_shape, groups):
+  kind = conv_kind(kernel_shape, groups)
+  if kind == "grouped":
+    raise NotImplementedError(
+        f"selective_conv supports regular (groups=1) and depthwise convolutions; got groups={groups} "
+        f"with {kernel_shape[2]} input channels per group. Freeze this layer or train it whole.")
+  return kind
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
+def selective_conv(x: jax.Array, kernel: jax.Array, idx: jax.Array,
+                   strides: tuple[int, int], padding: Padding, groups: int) -> jax.Array:
+  """Convolution whose kernel gradient exists only for input channels ``idx``.
+
+  Args:
+    x: input, ``(N, H, W, C_in)``.
+    kernel: ``(kh, kw, C_in // groups, C_out)``.
+    idx: int32 ``(k,)`` selected input channels (distinct, static length ``k``, may be 0).
+    strides: static ``(sh, sw)``.
+    padding: static explicit padding ``((top, bottom), (left, right))``.
+    groups: 1 (regular / pointwise) or ``C_in`` (depthwise).
+
+  Returns:
+    ``conv(x, kernel)``. Its VJP gives the exact ``dL/dx``, ``dL/dW`` restricted to ``[:, :, idx, :]``
+    (depthwise: to the output channels of ``idx``) and zero elsewhere.
+  """
+  return conv2d(x, kernel, strides, padding, groups)
+
+
+def _selective_conv_fwd(x, kernel, idx, strides, padding, groups):
+  _check_groups(kernel.shape, groups)
+  y = conv2d(x, kernel, strides, padding, groups)
+  # The memory contract: only the selected channels of the input are saved.
+  return y, (jnp.take(x, idx, axis=-1), kernel, idx)
+
+
+def _selective_conv_bwd(strides, padding, groups, residuals, g):
+  x_sel, kernel, idx = residuals
+  n, h, w, _ = x_sel.shape
+  kh, kw, cin_per_group, cout = kernel.shape
+  c_in = cin_per_group * groups
+  x_aval = jax.ShapeDtypeStruct((n, h, w, c_in), x_sel.dtype)
+  (dx,) = jax.linear_transpose(
+      lambda x: conv2d(x, kernel, strides, padding, groups), x_aval)(g)
+  k = idx.shape[0]
+  if k == 0:
+    return dx, jnp.zeros_like(kernel), None
+  if conv_kind(kernel.shape, groups) == "depthwise":
+    out_idx = _output_channels(idx, cout // c_in)
+    w_aval = jax.ShapeDtypeStruct((kh, kw, 1, out_idx.shape[0]), kernel.dtype)
+    (dw_sel,) = jax.linear_transpose(
+        lambda w: conv2d(x_sel, w, strides, padding, k), w_aval)(
+            jnp.take(g, out_idx, axis=-1))
+    dw = jnp.zeros_like(kernel).at[:, :, :, out_idx].set(dw_sel)
+  else:
+    w_aval = jax.ShapeDtypeStruct((kh, kw, k, cout), kernel.dtype)
+    (dw_sel,) = jax.linear_transpose(
+        lambda w: conv2d(x_sel, w, strides, padding, 1), w_aval)(g)
+    dw = jnp.zeros_like(kernel).at[:, :, idx, :].set(dw_sel)
+  return dx, dw, None
+
+
+selective_conv.defvjp(_selective_conv_fwd, _selective_conv_bwd)
+
+
+@jax.custom_vjp
+def selective_dense(x: jax.Array, kernel: jax.Array, idx: jax.Array) -> jax.Array:
+  """``x @ kernel`` whose kernel gradient exists only for input features ``idx``.
+
+  Args:
+    x: ``(..., F_in)``.
+    kernel: ``(F_in, F_out)``.
+    idx: int32 ``(k,)`` selected input features.
+
+  Returns:
+    ``x @ kernel``; its VJP saves only ``x[..., idx]``.
+  """
+  return x @ kernel
+
+
+def _selective_dense_fwd(x, kernel, idx):
+  return x @ kernel, (jnp.take(x, idx, axis=-1), kernel, idx)
+
+
+def _selective_dense_bwd(residuals, g):
+  x_sel, kernel, idx = residuals
+  dx = g @ kernel.T
+  dw_sel = jnp.einsum("...i,...o->io", x_sel, g)
+  return dx, jnp.zeros_like(kernel).at[idx].set(dw_sel.astype(kernel.dtype)), None
+
+
+selective_dense.defvjp(_selective_dense_fwd, _selective_dense_bwd)
+
+
+@jax.custom_vjp
+def relu6(x: jax.Array) -> jax.Array:
+  """``clip(x, 0, 6)`` whose backward keeps a boolean mask (1 byte/element) instead of ``x``."""
+  return jnp.clip(x, 0, 6)
+
+
+def _relu6_fwd(x):
+  return jnp.clip(x, 0, 6), (x > 0) & (x < 6)
+
+
+def _relu6_bwd(mask, g):
+  return (jnp.where(mask, g, jnp.zeros_like(g)),)
+
+
+relu6.defvjp(_relu6_fwd, _relu6_bwd)
+
+
+@jax.custom_vjp
+def relu(x: jax.Array) -> jax.Array:
+  """``max(x, 0)`` whose backward keeps a boolean mask instead of ``x``."""
+  return jnp.maximum(x, 0)
+
+
+def _relu_fwd(x):
+  return jnp.maximum(x, 0), x > 0
+
+
+relu.defvjp(_relu_fwd, _relu6_bwd)

@@ -1,0 +1,133 @@
+"""The selection pytree: which parameters, and which input channels of them, are trained.
+
+A selection mirrors the parameter pytree leaf for leaf. Each leaf is one of
+
+* ``FROZEN`` (``optax.MaskedNode()``): the leaf is not trained; the layer stops its gradient;
+* ``ALL`` (``AllChannels()``): the leaf is trained whole (the classifier, always);
+* ``Channels(idx, axis, multiplier)``: only input channels ``idx`` (int32, static length) of a kernel
+  are trained; the selective layer stores only those channels' activations.
+
+``FROZEN`` and ``ALL`` are childless pytree nodes, so they are part of the tree *structure*; the
+``idx`` arrays are the only data. Two selections with the same structure and the same per-layer
+counts share one compiled train step. The same selection drives the backward pass (what the
+layers store and compute) and the update (``sparse_update``): one source of truth.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Callable, Mapping, NamedTuple, Sequence
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+PyTree = Any
+
+FROZEN = optax.MaskedNode()
+
+
+class AllChannels(NamedTuple):
+  """Marks a parameter leaf trained whole (no channel selection)."""
+
+
+ALL = AllChannels()
+
+
+@flax.struct.dataclass
+class Channels:
+  """Selected input channels of one kernel.
+
+  Attributes:
+    idx: int32 ``(k,)`` distinct channel indices; ``k`` is static for a run.
+    axis: static axis of the kernel that indexes input channels: ``-2`` for HWIO conv kernels and
+      ``(in, out)`` dense kernels, ``-1`` for depthwise kernels ``(kh, kw, 1, C * multiplier)``.
+    multiplier: static depthwise channel multiplier (output channels per input channel).
+  """
+  idx: jax.Array
+  axis: int = flax.struct.field(pytree_node=False, default=-2)
+  multiplier: int = flax.struct.field(pytree_node=False, default=1)
+
+  def mask(self, shape: Sequence[int]) -> jax.Array:
+    """Boolean mask broadcastable to a kernel of ``shape``: True on the selected slices."""
+    n = shape[self.axis] // self.multiplier
+    m = jnp.zeros((n,), bool).at[self.idx].set(True)
+    if self.multiplier > 1:
+      m = jnp.repeat(m, self.multiplier)
+    view = [1] * len(shape)
+    view[self.axis] = shape[self.axis]
+    return m.reshape(view)
+
+
+def is_marker(x: Any) -> bool:
+  """True for the leaves of a selection: ``FROZEN``, ``ALL`` or ``Channels``."""
+  return isinstance(x, (optax.MaskedNode, AllChannels, Channels))
+
+
+def map_selection(fn: Callable[..., Any], selection: PyTree, *rest: PyTree) -> PyTree:
+  """``jax.tree.map`` over a selection's leaves (markers included) and matching trees."""
+  return jax.tree.map(fn, selection, *rest, is_leaf=is_marker)
+
+
+def path_str(path) -> str:
+  """``'blocks_3/depthwise/kernel'`` for a ``jax.tree_util`` key path."""
+  return jax.tree_util.keystr(path, simple=True, separator="/")
+
+
+def leaf_paths(params: PyTree) -> list[str]:
+  """The ``'a/b/kernel'`` paths of all parameter leaves, in tree order."""
+  return [path_str(p) for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
+
+
+def build(params: PyTree, channels: Mapping[str, Channels], *,
+          trainable: Sequence[str] = ("classifier",)) -> PyTree:
+  """A selection for ``params``.
+
+  Args:
+    params: the parameter pytree.
+    channels: ``{leaf path: Channels}`` for the kernels trained by channel.
+    trainable: regexes; parameter leaves whose path matches one (``re.search``) are ``ALL``.
+      Every other leaf is ``FROZEN``.
+
+  Raises:
+    KeyError: a path in ``channels`` names no parameter leaf (lists the known kernels).
+  """
+  paths = leaf_paths(params)
+  unknown = sorted(set(channels) - set(paths))
+  if unknown:
+    kernels = [p for p in paths if p.endswith("kernel")]
+    raise KeyError(f"unknown layer(s) {unknown}; selectable kernels are: {kernels}")
+  patterns = [re.compile(t) for t in trainable]
+
+  def leaf(path, _):
+    p = path_str(path)
+    if p in channels:
+      return channels[p]
+    return ALL if any(r.search(p) for r in patterns) else FROZEN
+
+  return jax.tree_util.tree_map_with_path(leaf, params)
+
+
+def counts(selection: PyTree) -> dict[str, int]:
+  """``{path: k}`` for the channel-selected leaves: the signature that decides compilation."""
+  flat = jax.tree_util.tree_flatten_with_path(selection, is_leaf=is_marker)[0]
+  return {path_str(p): int(s.idx.shape[0]) for p, s in flat if isinstance(s, Channels)}
+
+
+def mask_tree(selection: PyTree, params: PyTree) -> PyTree:
+  """Per-leaf boolean masks (``True`` = trained), broadcastable to ``params``' leaves."""
+
+  def leaf(s, p):
+    if isinstance(s, Channels):
+      return s.mask(p.shape)
+    return jnp.full((1,) * p.ndim, isinstance(s, AllChannels))
+
+  return map_selection(leaf, selection, params)
+
+
+def as_numpy(selection: PyTree) -> dict[str, np.ndarray]:
+  """``{path: sorted indices}`` on the host, for logging, checkpoints and comparisons."""
+  flat = jax.tree_util.tree_flatten_with_path(selection, is_leaf=is_marker)[0]
+  return {path_str(p): np.sort(np.asarray(s.idx)) for p, s in flat if isinstance(s, Channels)}
