@@ -1,0 +1,28 @@
+"""Shared fixtures: a tiny model, its costs, and the location of ../shared."""
+
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from trady_jax import costs
+from trady_jax.models.tiny import TinyCNN
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> Path:
+  """``../shared`` beside the repository; tests that need it skip with a reason when absent."""
+  if not SHARED.is_dir():
+    pytest.skip(f"{SHARED} not found: the pretrained weights and CIFAR-10 copy live there")
+  return SHARED
+
+
+@pytest.fixture(scope="session")
+def tiny():
+  """(model, params, costs) of TinyCNN at 32x32."""
+  model = TinyCNN(num_classes=5)
+  params = model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))["params"]
+  return model, params, costs.trace(model, (1, 32, 32, 3))

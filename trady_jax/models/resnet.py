@@ -1,0 +1,91 @@
+"""ResNet-18 / ResNet-50 (torchvision layout, v1.5: stride on the 3x3 conv) from selective layers.
+
+BatchNorm is folded into each conv's bias (``weights.fold_bn``), so every conv is a
+``layers.SelectiveConv`` with bias. Convs are created in torchvision module order (stem ``conv1``,
+then per block ``conv1``, ``conv2``, [``conv3``], [``downsample``]), which is the conv index order
+of the cost model. ``torch_key_map`` maps each layer to its torchvision / timm state-dict keys
+(both libraries use the same names for ResNets).
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+
+from trady_jax import layers, ops
+from trady_jax.models.weights import ConvKeys, DenseKeys
+
+STAGES = {"resnet18": ((2, 2, 2, 2), False), "resnet34": ((3, 4, 6, 3), False),
+          "resnet50": ((3, 4, 6, 3), True), "resnet101": ((3, 4, 23, 3), True)}
+
+
+def _conv(features: int, k: int, stride: int, name: str) -> layers.SelectiveConv:
+  return layers.SelectiveConv(features, (k, k), (stride, stride), name=name)
+
+
+class ResBlock(nn.Module):
+  """Basic (two 3x3) or bottleneck (1x1, 3x3, 1x1 with 4x expansion) residual block."""
+  planes: int
+  stride: int = 1
+  bottleneck: bool = False
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    out_ch = self.planes * (4 if self.bottleneck else 1)
+    if self.bottleneck:
+      y = ops.relu(_conv(self.planes, 1, 1, "conv1")(x))
+      y = ops.relu(_conv(self.planes, 3, self.stride, "conv2")(y))
+      y = _conv(out_ch, 1, 1, "conv3")(y)
+    else:
+      y = ops.relu(_conv(self.planes, 3, self.stride, "conv1")(x))
+      y = _conv(out_ch, 3, 1, "conv2")(y)
+    if self.stride != 1 or x.shape[-1] != out_ch:
+      x = _conv(out_ch, 1, self.stride, "downsample")(x)
+    return ops.relu(y + x)
+
+
+class ResNet(nn.Module):
+  """conv1 7x7/2 -> max pool 3x3/2 -> layer1..4 -> global average pool -> classifier.
+
+  Inputs are NHWC in [-1, 1] (mean = std = 0.5); ImageNet-normalised checkpoints are adapted by
+  folding the input normalisation into ``conv1`` (``weights.fold_input_norm``).
+  """
+  stage_sizes: tuple[int, ...]
+  bottleneck: bool = False
+  num_classes: int = 1000
+  width: int = 64
+
+  @nn.compact
+  def __call__(self, x: jax.Array, pooled: bool = False) -> jax.Array:
+    x = ops.relu(_conv(self.width, 7, 2, "conv1")(x))
+    x = nn.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)))
+    for s, n in enumerate(self.stage_sizes):
+      for b in range(n):
+        x = ResBlock(self.width * 2**s, 2 if (b == 0 and s > 0) else 1, self.bottleneck,
+                     name=f"layer{s + 1}_{b}")(x)
+    x = layers.global_avg_pool(x)
+    if pooled:
+      return x
+    return layers.SelectiveDense(self.num_classes, name="classifier")(x)
+
+
+def resnet(name: str, num_classes: int = 1000) -> ResNet:
+  """``ResNet`` for ``'resnet18' | 'resnet34' | 'resnet50' | 'resnet101'``."""
+  if name not in STAGES:
+    raise KeyError(f"unknown ResNet {name!r}; known: {sorted(STAGES)}")
+  stages, bottleneck = STAGES[name]
+  return ResNet(stages, bottleneck, num_classes)
+
+
+def torch_key_map(model: ResNet) -> dict:
+  """``{module path: ConvKeys | DenseKeys}`` for torchvision / timm ResNet state dicts."""
+  out = {"conv1": ConvKeys("conv1.weight", "bn1")}
+  for s, n in enumerate(model.stage_sizes):
+    for b in range(n):
+      path, key = f"layer{s + 1}_{b}", f"layer{s + 1}.{b}"
+      for j in range(1, 4 if model.bottleneck else 3):
+        out[f"{path}/conv{j}"] = ConvKeys(f"{key}.conv{j}.weight", f"{key}.bn{j}")
+      if b == 0 and (s > 0 or model.bottleneck):
+        out[f"{path}/downsample"] = ConvKeys(f"{key}.downsample.0.weight", f"{key}.downsample.1")
+  out["classifier"] = DenseKeys("fc.weight", "fc.bias")
+  return out

@@ -1,0 +1,67 @@
+"""Pure train / eval steps: ``loss(params, selection, batch)`` -> grads -> ``tx`` -> params'."""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+
+from trady_jax import ranking
+from trady_jax.costs import NetworkCosts
+
+PyTree = Any
+
+
+def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
+  """Mean softmax cross-entropy with integer labels."""
+  return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+
+
+def make_train_step(model: nn.Module, tx: optax.GradientTransformation, *,
+                    costs: NetworkCosts | None = None,
+                    norm_paths: Sequence[str] = (),
+                    loss_fn: Callable = cross_entropy) -> Callable:
+  """``step(params, opt_state, selection, batch) -> (params, opt_state, metrics)``.
+
+  ``selection=None`` trains every parameter with plain autodiff (full fine-tuning). Otherwise the
+  model runs with the selection, so the backward pass stores and computes only what it selects,
+  and ``tx`` (which should contain ``sparse_update``) receives it as an extra argument.
+  ``norm_paths`` (with ``costs``): layers whose per-channel gradient norms (Eq. 6) are returned in
+  ``metrics['channel_norms']``, for rankings and MeDyate.
+  """
+
+  def step(params, opt_state, selection, batch):
+    variables = (lambda p: {"params": p}) if selection is None else (
+        lambda p: {"params": p, "selection": selection})
+
+    def loss(p):
+      logits = model.apply(variables(p), batch["image"])
+      return loss_fn(logits, batch["label"]), logits
+
+    (value, logits), grads = jax.value_and_grad(loss, has_aux=True)(params)
+    extra = {} if selection is None else {"selection": selection}
+    updates, opt_state = tx.update(grads, opt_state, params, **extra)
+    params = optax.apply_updates(params, updates)
+    metrics = {"loss": value,
+               "accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["label"])}
+    if norm_paths:
+      metrics["channel_norms"] = ranking.channel_norms(grads, costs, norm_paths)
+    return params, opt_state, metrics
+
+  return step
+
+
+def make_eval_step(model: nn.Module) -> Callable:
+  """``eval_step(params, batch) -> {'correct', 'count', 'loss_sum'}`` (sums, for exact averages)."""
+
+  def eval_step(params, batch):
+    logits = model.apply({"params": params}, batch["image"])
+    losses = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"])
+    return {"correct": jnp.sum(jnp.argmax(logits, -1) == batch["label"]),
+            "count": jnp.asarray(batch["label"].shape[0]),
+            "loss_sum": jnp.sum(losses)}
+
+  return eval_step

@@ -1,0 +1,24 @@
+"""What XLA says about a compiled function: temp memory, FLOPs, compilation count."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+
+def compiled_stats(fn: Callable, *args, **kwargs) -> dict[str, Any]:
+  """Compile ``jax.jit(fn)`` for these arguments and read its memory and cost analyses.
+
+  Returns ``temp_bytes`` (``memory_analysis().temp_size_in_bytes``: the scratch memory the step
+  needs beyond its arguments and outputs, the figure that tracks what autodiff saves for the
+  backward pass), ``argument_bytes``, ``output_bytes`` and ``flops`` (``cost_analysis()['flops']``).
+  """
+  import jax
+  compiled = jax.jit(fn).lower(*args, **kwargs).compile()
+  mem = compiled.memory_analysis()
+  cost = compiled.cost_analysis()
+  if isinstance(cost, (list, tuple)):  # older jax returns one dict per device program
+    cost = cost[0] if cost else {}
+  return {"temp_bytes": int(mem.temp_size_in_bytes),
+          "argument_bytes": int(mem.argument_size_in_bytes),
+          "output_bytes": int(mem.output_size_in_bytes),
+          "flops": float((cost or {}).get("flops", float("nan")))}
