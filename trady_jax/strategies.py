@@ -1,0 +1,172 @@
+"""Named channel-selection strategies of the papers, as presets over samplers and rankings.
+
+| name            | layers                     | channels                              | resampled |
+|-----------------|----------------------------|---------------------------------------|-----------|
+| baseline        | all, whole                 | full fine-tuning                      | -         |
+| s-full-random   | all conv layers            | uniform                               | never     |
+| d-full-random   | all conv layers            | uniform                               | each epoch|
+| s-det-rgn       | all conv layers            | highest RGN of the full gradient      | never     |
+| d-det-rgn       | all conv layers            | highest RGN of the full gradient      | each epoch|
+| s-topk-random   | top-K by layer RGN (97 %)  | uniform                               | never     |
+| trady           | top-K by layer RGN (97 %)  | uniform                               | each epoch|
+| su              | MIT Sparse Update scheme   | largest weight norm ('magnitude+')    | never     |
+| medyate         | top-K by LaRa (alpha=0.2)  | proportional to stored norms          | each epoch|
+| lara-trady      | top-K by LaRa              | uniform                               | each epoch|
+| lara-det-raw    | top-K by LaRa              | highest raw norm of the full gradient | each epoch|
+| lara-prob-raw   | top-K by LaRa              | proportional to full-gradient norms   | each epoch|
+| prev-medyate    | top-K by layer RGN (97 %)  | proportional to stored norms          | each epoch|
+
+Velocity (NEq, output neurons, weight-only budget) is not provided: its unit is an output channel,
+which this library's input-channel selection does not represent.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Mapping
+
+import jax
+import jax.numpy as jnp
+
+from trady_jax import ranking, samplers
+from trady_jax import selection as sel
+from trady_jax.costs import NetworkCosts
+
+PyTree = Any
+
+
+@dataclasses.dataclass(frozen=True)
+class Strategy:
+  """A preset: candidate layers (``pool``), channel rule (``rule``) and whether it resamples."""
+  name: str
+  pool: str      # 'all' | 'rgn' (top-K share of layer RGN) | 'lara' (alpha rule) | 'su' | 'full'
+  rule: str      # 'uniform' | 'medyate' | 'det_rgn' | 'det_raw' | 'prob_raw' | 'scheme' | 'full'
+  dynamic: bool  # redraw every epoch (True) or once at the start (False)
+
+  @property
+  def needs_ranking(self) -> bool:
+    return self.pool in ("rgn", "lara")
+
+  @property
+  def needs_oracle(self) -> bool:
+    """Needs the full gradient at selection time (Det RGN / Det Raw / Prob Raw)."""
+    return self.rule in ("det_rgn", "det_raw", "prob_raw")
+
+
+REGISTRY: dict[str, Strategy] = {s.name: s for s in [
+    Strategy("baseline", "full", "full", False),
+    Strategy("s-full-random", "all", "uniform", False),
+    Strategy("d-full-random", "all", "uniform", True),
+    Strategy("s-det-rgn", "all", "det_rgn", False),
+    Strategy("d-det-rgn", "all", "det_rgn", True),
+    Strategy("s-topk-random", "rgn", "uniform", False),
+    Strategy("trady", "rgn", "uniform", True),
+    Strategy("su", "su", "scheme", False),
+    Strategy("medyate", "lara", "medyate", True),
+    Strategy("lara-trady", "lara", "uniform", True),
+    Strategy("lara-det-raw", "lara", "det_raw", True),
+    Strategy("lara-prob-raw", "lara", "prob_raw", True),
+    Strategy("prev-medyate", "rgn", "medyate", True),
+]}
+
+
+def get(name: str) -> Strategy:
+  """The strategy called ``name`` (clear error listing the known ones)."""
+  try:
+    return REGISTRY[name.lower()]
+  except KeyError:
+    raise KeyError(f"unknown strategy {name!r}; known: {sorted(REGISTRY)}") from None
+
+
+def candidate_layers(strategy: Strategy, costs: NetworkCosts, budget: int,
+                     ranking_doc: Mapping | None, *, share: float = 0.97,
+                     alpha: float = 0.2) -> list[str]:
+  """Kernel paths a strategy samples from: all convs, or the top-K of an offline ranking."""
+  if strategy.pool == "all":
+    return [l.path for l in costs.convs]
+  if strategy.pool in ("rgn", "lara"):
+    if ranking_doc is None:
+      raise ValueError(f"strategy {strategy.name!r} needs a layer ranking "
+                       "(experiments/rank_layers.py)")
+    if strategy.pool == "rgn":
+      return ranking.top_k_share(ranking_doc["layer_rgn"], share)
+    return ranking.top_k_alpha(ranking_doc["lara"], costs, budget, alpha)
+  raise ValueError(f"strategy {strategy.name!r} has no candidate pool")
+
+
+class Selector:
+  """A strategy bound to one run: the selection of every epoch, from explicit keys and state.
+
+  ``state`` is a pytree of arrays (MeDyate's norm vector), so it is checkpointed with the run.
+  ``oracle`` (for Det RGN / Prob Raw) maps params to ``{path: (C_in,) channel gradient norms}``
+  of the full gradient.
+  """
+
+  def __init__(self, strategy: Strategy, template: PyTree, costs: NetworkCosts, budget: int, *,
+               ranking_doc: Mapping | None = None, scheme_counts: Mapping[str, int] | None = None,
+               share: float = 0.97, alpha: float = 0.2, fixed_counts: bool = True,
+               oracle: Callable[[PyTree], Mapping[str, jax.Array]] | None = None):
+    self.strategy, self.costs, self.oracle = strategy, costs, oracle
+    self.scheme_counts, self.template = scheme_counts, template
+    self.sampler = None
+    if strategy.rule == "full":
+      return
+    if strategy.rule == "scheme":
+      if not scheme_counts:
+        raise ValueError("strategy 'su' needs the scheme's per-layer channel counts")
+      return
+    paths = candidate_layers(strategy, costs, budget, ranking_doc, share=share, alpha=alpha)
+    if strategy.rule == "uniform":
+      self.sampler = samplers.uniform(template, costs, budget, paths, fixed_counts=fixed_counts)
+    elif strategy.rule in ("medyate", "prob_raw"):
+      self.sampler = samplers.weighted(template, costs, budget, paths, fixed_counts=fixed_counts)
+    else:
+      self.sampler = samplers.deterministic(template, costs, budget, paths)
+    if strategy.needs_oracle and oracle is None:
+      raise ValueError(f"strategy {strategy.name!r} needs an oracle (full-gradient norms)")
+    self._draw = jax.jit(self.sampler.sample) if self.sampler.jittable else self.sampler.sample
+
+  @property
+  def layers(self) -> list[str]:
+    """Paths of the candidate layers (empty for baseline / su)."""
+    return [] if self.sampler is None else [l.path for l in self.sampler.layers]
+
+  def init_state(self) -> dict:
+    if self.strategy.rule == "medyate":
+      return samplers.medyate_init(self.sampler)
+    return {}
+
+  def select(self, key: jax.Array, epoch: int, params: PyTree, state: dict) -> PyTree | None:
+    """The selection for ``epoch`` (``None`` = full fine-tuning)."""
+    rule = self.strategy.rule
+    if rule == "full":
+      return None
+    if rule == "scheme":
+      return samplers.fixed_scheme(self.template, self.costs, self.scheme_counts, params)
+    weights = None
+    if rule == "medyate":
+      weights = state["norms"]
+    elif self.strategy.needs_oracle:
+      norms = self.oracle(params)
+      if rule == "det_rgn":
+        norms = ranking.rgn(norms, self.costs)
+      weights = samplers.pool_vector(self.sampler, norms)
+      if rule == "prob_raw":
+        weights = jnp.maximum(weights, jnp.finfo(jnp.float32).tiny)
+    return self._draw(jax.random.fold_in(key, epoch), weights)
+
+  def observe(self, state: dict, channel_norms: Mapping[str, jax.Array],
+              selection: PyTree | None) -> dict:
+    """After an epoch: store the measured norms of the trained channels (MeDyate)."""
+    if self.strategy.rule != "medyate":
+      return state
+    measured = samplers.pool_vector(self.sampler, channel_norms)
+    return samplers.medyate_update(state, measured,
+                                   samplers.selected_vector(self.sampler, selection))
+
+
+def selection_summary(selection: PyTree | None, costs: NetworkCosts) -> dict[str, float]:
+  """Budget use and sparsity metrics of a selection (full fine-tuning: everything)."""
+  if selection is None:
+    return costs.usage({l.path: l.in_channels for l in costs.convs})
+  return costs.usage({p: k for p, k in sel.counts(selection).items() if costs[p].charged})

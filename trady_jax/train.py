@@ -1,0 +1,219 @@
+"""The fine-tuning loop: the only stateful code (data, checkpoints, logging, progress).
+
+Every epoch ``e`` the strategy draws its selection from ``fold_in(sampler_key, e)`` (and its own
+state), the jitted train step runs over the epoch's batches, the test split is evaluated, one JSON
+line of metrics is appended to ``workdir/metrics.jsonl`` and an orbax checkpoint is written. A run
+killed at any point restarts from its last finished epoch and reaches the same final parameters.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from tqdm.auto import tqdm
+
+from trady_jax import checkpoint, ranking, steps, strategies
+from trady_jax import selection as sel
+from trady_jax.config import Config
+from trady_jax.costs import NetworkCosts, trace
+from trady_jax.sparse_update import sparse_update
+
+PyTree = Any
+
+
+def learning_rate(cfg: Config, steps_per_epoch: int) -> optax.Schedule:
+  """Linear warm-up from 0 to ``cfg.lr`` over the warm-up epochs, then cosine to 0, per step."""
+  total = cfg.total_epochs() * steps_per_epoch
+  warmup = cfg.warmup_epochs * steps_per_epoch
+  return optax.warmup_cosine_decay_schedule(0.0, cfg.lr, max(warmup, 1), max(total, warmup + 1),
+                                            0.0)
+
+
+def _selection_from_indices(indices: Mapping[str, np.ndarray], params: PyTree,
+                            costs: NetworkCosts) -> PyTree:
+  return sel.build(params, {p: costs[p].channels(i) for p, i in indices.items()})
+
+
+def _indices(selection: PyTree | None) -> dict[str, np.ndarray]:
+  """Raw (unsorted) index arrays of a selection, as stored in checkpoints."""
+  if selection is None:
+    return {}
+  flat = jax.tree_util.tree_flatten_with_path(selection, is_leaf=sel.is_marker)[0]
+  return {sel.path_str(p): np.asarray(s.idx) for p, s in flat if isinstance(s, sel.Channels)}
+
+
+def _oracle(model, costs: NetworkCosts, batches: Callable[[], list]) -> Callable:
+  """Full-gradient channel norms (Eq. 6) summed over a few batches: Det RGN / Prob Raw."""
+
+  @jax.jit
+  def norms(params, batch):
+    g = jax.grad(lambda p: steps.cross_entropy(model.apply({"params": p}, batch["image"]),
+                                               batch["label"]))(params)
+    return ranking.channel_norms(g, costs)
+
+  def oracle(params):
+    total = None
+    for b in batches():
+      n = norms(params, b)
+      total = n if total is None else jax.tree.map(jnp.add, total, n)
+    return total
+
+  return oracle
+
+
+class Run:
+  """One fine-tuning run: model, data, strategy and their bookkeeping."""
+
+  def __init__(self, cfg: Config, workdir: str | Path, *, model, params: PyTree, train_source,
+               test_source, batches: Callable, ranking_doc: Mapping | None = None,
+               scheme_counts: Mapping[str, int] | None = None):
+    self.cfg, self.workdir = cfg, Path(workdir)
+    self.workdir.mkdir(parents=True, exist_ok=True)
+    self.model, self.params0 = model, params
+    self.train_source, self.test_source, self.batches = train_source, test_source, batches
+    self.costs = trace(model, (1, cfg.image_size, cfg.image_size, 3))
+    self.strategy = strategies.get(cfg.strategy)
+    root = jax.random.key(cfg.seed)
+    self.sampler_key = jax.random.fold_in(root, 1)
+    n = len(train_source) // cfg.batch_size
+    if n == 0:
+      raise ValueError(f"{len(train_source)} training images do not make one batch of "
+                       f"{cfg.batch_size}")
+    self.steps_per_epoch = min(n, cfg.max_steps_per_epoch) if cfg.max_steps_per_epoch else n
+    schedule = learning_rate(cfg, self.steps_per_epoch)
+    self.schedule = schedule
+    full = self.strategy.rule == "full"
+    self.tx = optax.sgd(schedule) if full else optax.chain(sparse_update(), optax.sgd(schedule))
+    oracle = None
+    if self.strategy.needs_oracle:
+      oracle = _oracle(model, self.costs, lambda: self._oracle_batches())
+    self.selector = strategies.Selector(
+        self.strategy, params, self.costs, cfg.budget, ranking_doc=ranking_doc,
+        scheme_counts=scheme_counts, share=cfg.topk_share, alpha=cfg.alpha,
+        fixed_counts=cfg.fixed_counts, oracle=oracle)
+    track = self.strategy.rule == "medyate"
+    self.train_step = jax.jit(steps.make_train_step(
+        model, self.tx, costs=self.costs, norm_paths=self.selector.layers if track else ()),
+        donate_argnums=(0, 1))
+    self.eval_step = jax.jit(steps.make_eval_step(model))
+    self.signatures: set = set()
+    self._epoch = 0
+
+  def _oracle_batches(self):
+    it = self.batches(self.train_source, self.cfg.batch_size, train=True, seed=self.cfg.seed + 7,
+                      epoch=self._epoch)
+    return [b for _, b in zip(range(self.cfg.oracle_batches), it)]
+
+  def evaluate(self, params: PyTree) -> dict[str, float]:
+    totals = {"correct": 0, "count": 0, "loss_sum": 0.0}
+    for b in self.batches(self.test_source, self.cfg.batch_size, train=False, seed=self.cfg.seed,
+                          epoch=0):
+      out = jax.device_get(self.eval_step(params, b))
+      totals = {k: totals[k] + out[k] for k in totals}
+    return {"test_accuracy": float(totals["correct"] / max(totals["count"], 1)),
+            "test_loss": float(totals["loss_sum"] / max(totals["count"], 1))}
+
+  def _state(self, params, opt_state, sampler_state):
+    return {"params": params, "opt_state": opt_state, "sampler_state": sampler_state,
+            "key": jax.random.key_data(self.sampler_key)}
+
+  def run(self, on_epoch_end: Callable[[int, dict], None] | None = None) -> dict:
+    """Train to the end (resuming if a checkpoint exists); return the final metrics."""
+    cfg = self.cfg
+    ckpt = checkpoint.RunCheckpoints(self.workdir, cfg.to_json())
+    params = self.params0
+    opt_state = self.tx.init(params)
+    sampler_state = self.selector.init_state()
+    selection = None
+    start = 0
+    metrics_path = self.workdir / "metrics.jsonl"
+    probe = self.selector.select(self.sampler_key, 0, params, sampler_state)
+    restored = ckpt.restore(self._state(params, opt_state, sampler_state))
+    if restored is not None:
+      start, state, meta = restored
+      params, opt_state = state["params"], state["opt_state"]
+      sampler_state = state["sampler_state"]
+      if meta.get("selection"):
+        selection = _selection_from_indices(
+            {p: np.asarray(i, np.int32) for p, i in meta["selection"].items()}, params, self.costs)
+      _truncate_metrics(metrics_path, start)
+      print(f"resuming {self.workdir} after epoch {start}")
+    elif metrics_path.exists():
+      metrics_path.unlink()
+    total_epochs = cfg.total_epochs()
+    record: dict = {}
+    t_run = time.time()
+    for epoch in range(start, total_epochs):
+      self._epoch = epoch
+      if epoch == 0 or self.strategy.dynamic:
+        selection = probe if epoch == 0 and restored is None else self.selector.select(
+            self.sampler_key, epoch, params, sampler_state)
+      usage = strategies.selection_summary(selection, self.costs)
+      if selection is not None:
+        self.signatures.add(tuple(sorted(sel.counts(selection).items())))
+      params, opt_state, train_metrics, norms = self._train_epoch(
+          epoch, params, opt_state, selection, usage)
+      sampler_state = self.selector.observe(sampler_state, norms, selection)
+      record = {"epoch": epoch + 1, **train_metrics, **usage,
+                "lr": float(self.schedule((epoch + 1) * self.steps_per_epoch - 1)),
+                "compilations": self.compilations}
+      if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == total_epochs:
+        record.update(self.evaluate(params))
+      ckpt.save(epoch + 1, self._state(params, opt_state, sampler_state),
+                {"metrics": record,
+                 "selection": {p: i.tolist() for p, i in _indices(selection).items()}})
+      with metrics_path.open("a") as f:
+        f.write(json.dumps(record) + "\n")
+      if on_epoch_end is not None:
+        on_epoch_end(epoch + 1, record)
+    ckpt.close()
+    self.params = params
+    return {**record, "wall_s": time.time() - t_run, "compilations": self.compilations}
+
+  @property
+  def compilations(self) -> int:
+    """Compiled versions of the train step so far (one per distinct selection shape)."""
+    return self.train_step._cache_size()
+
+  def _train_epoch(self, epoch, params, opt_state, selection, usage):
+    cfg = self.cfg
+    it = self.batches(self.train_source, cfg.batch_size, train=True, seed=cfg.seed, epoch=epoch)
+    bar = tqdm(total=self.steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.total_epochs()}",
+               disable=not cfg.progress, leave=False, dynamic_ncols=True)
+    sums = {"loss": 0.0, "accuracy": 0.0}
+    norms = None
+    t0, n = time.time(), 0
+    for _, batch in zip(range(self.steps_per_epoch), it):
+      params, opt_state, m = self.train_step(params, opt_state, selection, batch)
+      if "channel_norms" in m:
+        cn = m.pop("channel_norms")
+        norms = cn if norms is None else jax.tree.map(jnp.add, norms, cn)
+      m = jax.device_get(m)
+      n += 1
+      sums = {k: sums[k] + float(m[k]) for k in sums}
+      bar.set_postfix(loss=f"{sums['loss'] / n:.3f}", acc=f"{sums['accuracy'] / n:.3f}",
+                      img_s=f"{n * cfg.batch_size / (time.time() - t0):.0f}",
+                      budget=f"{usage['units']:,.0f}")
+      bar.update()
+    bar.close()
+    dt = time.time() - t0
+    return params, opt_state, {"train_loss": sums["loss"] / max(n, 1),
+                               "train_accuracy": sums["accuracy"] / max(n, 1),
+                               "images_per_s": n * cfg.batch_size / max(dt, 1e-9),
+                               "epoch_s": dt}, norms or {}
+
+
+def _truncate_metrics(path: Path, epochs: int) -> None:
+  """Keep the metric lines of the first ``epochs`` epochs (those the checkpoint covers)."""
+  if not path.exists():
+    return
+  lines = [l for l in path.read_text().splitlines() if l.strip()]
+  kept = [l for l in lines if json.loads(l)["epoch"] <= epochs]
+  path.write_text("".join(l + "\n" for l in kept))
