@@ -48,8 +48,8 @@ class ImageFolderSource:
     directory: the split folder (e.g. ``root/train``).
     class_names: label order; defaults to the sorted sub-folders of ``directory``. Pass the training
       split's classes when opening the test split so both use the same labels.
-    limit_per_class: keep only the first ``n`` files (sorted by name) of each class, a class-balanced
-      subset for quick runs.
+    limit_per_class: keep only the first ``n`` files (sorted by name) of each class, a
+      class-balanced subset for quick runs.
     protocol: transform family, ``'standard'`` or ``'resize'`` (VWW).
   """
 
@@ -78,8 +78,8 @@ class ImageFolderSource:
       labels += [label] * len(files)
     if not paths:
       raise FileNotFoundError(
-          f"no {'/'.join(IMAGE_EXTENSIONS)} files in {self.directory}/<class>/; expected the layout "
-          "root/{train,test}/<class name>/<image file>")
+          f"no {'/'.join(IMAGE_EXTENSIONS)} files in {self.directory}/<class>/; expected the "
+          "layout root/{train,test}/<class name>/<image file>")
     self.paths = paths
     self.labels = np.asarray(labels, np.int64)
 
@@ -90,7 +90,8 @@ class ImageFolderSource:
     return load_rgb(self.paths[index]), int(self.labels[index])
 
   def __repr__(self) -> str:
-    return f"ImageFolderSource({str(self.directory)!r}, {len(self)} images, {self.num_classes} classes)"
+    return (f"ImageFolderSource({str(self.directory)!r}, {len(self)} images, "
+            f"{self.num_classes} classes)")
 
 
 class Subset:
@@ -120,7 +121,8 @@ class Subset:
 def balanced_subset(source: Source, per_class: int, *, seed: int | None = None) -> Subset:
   """``per_class`` examples of every class: the first ones, or a random choice when ``seed`` is set.
 
-  Needs ``source.labels``; for tensorflow-datasets sources slice the split instead (``'train[:10%]'``).
+  Needs ``source.labels``; for tensorflow-datasets sources slice the split instead
+  (``'train[:10%]'``).
   """
   if not hasattr(source, "labels"):
     raise TypeError(f"{type(source).__name__} has no `labels`; a balanced subset needs them "

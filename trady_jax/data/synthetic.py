@@ -1,9 +1,10 @@
 """Generated images for runs with neither network nor local data.
 
-Every class has its own pair of colours and a sinusoidal grating of its own orientation and frequency;
-each example draws a phase, small orientation/frequency jitter, a brightness change and pixel noise.
-Colour survives random crops and the grating survives flips well enough for a small CNN to learn the
-classes within a few epochs. Images are generated on access from ``(seed, index)``: nothing is stored.
+Every class has its own pair of colours and a sinusoidal grating of its own orientation and
+frequency; each example draws a phase, small orientation/frequency jitter, a brightness change and
+pixel noise. Colour survives random crops and the grating survives flips well enough for a small CNN
+to learn the classes within a few epochs. Images are generated on access from ``(seed, index)``:
+nothing is stored.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ _SPLITS = {"train": 0, "test": 1}  # split -> stream tag, so train and test exam
 
 
 class SyntheticSource:
-  """``num_examples`` generated ``image_size`` x ``image_size`` RGB images, labels ``index % num_classes``."""
+  """``num_examples`` generated square RGB images; example ``i`` has label ``i % num_classes``."""
 
   protocol = "standard"
 

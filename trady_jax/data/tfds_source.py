@@ -1,6 +1,6 @@
 """The papers' datasets and their tensorflow-datasets sources (``tfds.data_source``, no TensorFlow).
 
-Splits follow the predecessor code (method spec section 6); the papers do not state theirs:
+Splits follow the code of the WACV-W 2024 predecessor; TraDy and MeDyate do not state theirs:
 
 =========== ===================== ================ ============== ==============================
 name        tfds builder          train split      test split     note
@@ -15,8 +15,9 @@ vww         (not in tfds)         image folder     image folder   see ``sources.
 wake_vision wake_vision           train_quality    test           newer person / no-person set
 =========== ===================== ================ ============== ==============================
 
-Flowers: the predecessor trains on the 1 020 ``trnid`` images only; pass ``split='train+validation'``
-to train on both official training folds. Any tfds split string (``'train[:10%]'``) is accepted.
+Flowers: the predecessor trains on the 1 020 ``trnid`` images only; pass
+``split='train+validation'`` to train on both official training folds. Any tfds split string
+(``'train[:10%]'``) is accepted.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ class DatasetSpec:
   train_split: str  # tfds split used for fine-tuning
   test_split: str  # tfds split on which the final top-1 is reported
   num_classes: int  # size of the new classifier head
-  epochs: int  # fine-tuning epochs in the papers (method spec section 10)
+  epochs: int  # fine-tuning epochs in the papers (TraDy App. D.1, MeDyate 4.1)
   image_key: str = "image"  # feature holding the image
   label_key: str = "label"  # feature holding the class id
   protocol: str = "standard"  # transform family: 'standard' (crop + jitter) or 'resize' (VWW)
@@ -77,8 +78,12 @@ def as_rgb(image: np.ndarray) -> np.ndarray:
   return image[..., :3]
 
 
+class DataUnavailableError(FileNotFoundError):
+  """A dataset is neither prepared locally nor obtainable here; the message says how to get it."""
+
+
 class TfdsSource:
-  """A tfds dataset split read with ``tfds.data_source`` (ArrayRecord, random access, no TensorFlow).
+  """A tfds split read with ``tfds.data_source`` (ArrayRecord, random access, no TensorFlow).
 
   Args:
     name: one of :data:`DATASETS` with a tfds builder.
@@ -98,9 +103,18 @@ class TfdsSource:
       raise ValueError(f"{name!r} is not in tensorflow-datasets; open it as an image folder")
     self.name, self.split = name, tfds_split(self.spec, split)
     self.protocol = self.spec.protocol
-    self._ds = tfds.data_source(self.spec.tfds_name, split=self.split,
-                                data_dir=None if data_dir is None else os.fspath(data_dir),
-                                download=download, builder_kwargs={"file_format": "array_record"})
+    try:
+      self._ds = tfds.data_source(self.spec.tfds_name, split=self.split,
+                                  data_dir=None if data_dir is None else os.fspath(data_dir),
+                                  download=download, builder_kwargs={"file_format": "array_record"})
+    except Exception as e:  # tfds raises several types for "not prepared"; report them uniformly
+      where = data_dir or "the default tfds data_dir ($TFDS_DATA_DIR or ~/tensorflow_datasets)"
+      raise DataUnavailableError(
+          f"cannot open tfds dataset {self.spec.tfds_name!r} split {self.split!r} from {where}"
+          f"{' (download=True)' if download else ''}: {type(e).__name__}: {e}\n"
+          f"Prepare it once on a machine with network access: `tfds build {self.spec.tfds_name} "
+          "--file_format=array_record --data_dir=DIR` (preparing some datasets needs TensorFlow), "
+          "then pass data_dir=DIR; or pass download=True.") from e
     label = self._ds.dataset_info.features[self.spec.label_key]
     self.num_classes = int(label.num_classes)
     self.class_names = tuple(label.names)

@@ -1,15 +1,15 @@
-"""Image transforms of the papers' protocol (predecessor code, method spec section 6), in numpy/PIL.
+"""Image transforms of the papers' protocol (WACV-W 2024 predecessor code), in numpy and PIL.
 
 * train: ``RandomResizedCrop(128, scale=(0.08, 1), ratio=(3/4, 4/3))`` + horizontal flip (p=0.5) +
   ``ColorJitter(0.4, 0.4, 0.4)`` (brightness, contrast, saturation in random order), bilinear;
 * test: resize the shorter side to ``ceil(128 / 0.875) = 147``, centre crop 128;
-* VWW (``resize_only``): ``Resize((128, 128))`` + flip for training, ``Resize((128, 128))`` for test;
+* VWW (``resize_only``): ``Resize((128, 128))`` + flip for training, ``Resize((128, 128))`` to test;
 * then normalise with mean = std = 0.5, giving float32 HWC in ``[-1, 1]``.
 
-The geometry and colour operations follow torchvision's PIL code paths (same sampling of the crop box,
-``PIL.ImageEnhance`` for the colour jitter), with a ``numpy.random.Generator`` as the only source of
-randomness. ``example_rng(seed, epoch, index)`` gives each example of each epoch its own stream, so
-augmentations do not depend on batch composition, data order or thread scheduling.
+The geometry and colour operations follow torchvision's PIL code paths (same sampling of the crop
+box, ``PIL.ImageEnhance`` for the colour jitter), with a ``numpy.random.Generator`` as the only
+source of randomness. ``example_rng(seed, epoch, index)`` gives each example of each epoch its own
+stream, so augmentations do not depend on batch composition, data order or thread scheduling.
 """
 
 from __future__ import annotations
@@ -29,7 +29,8 @@ Transform = Callable[[np.ndarray, np.random.Generator], np.ndarray]
 
 def _check_seed(seed: int, epoch: int) -> None:
   if int(seed) < 0 or int(epoch) < 0:
-    raise ValueError(f"seed and epoch must be non-negative integers, got seed={seed}, epoch={epoch}")
+    raise ValueError(
+        f"seed and epoch must be non-negative integers, got seed={seed}, epoch={epoch}")
 
 
 def epoch_rng(seed: int, epoch: int) -> np.random.Generator:
@@ -109,7 +110,7 @@ def color_jitter(image: Image.Image, rng: np.random.Generator, strength: float) 
 
 
 def resize_shorter(image: Image.Image, size: int) -> Image.Image:
-  """torchvision ``Resize(int)``: shorter side to ``size``, longer side ``int(size * long / short)``."""
+  """torchvision ``Resize(int)``: shorter side to ``size``, longer ``int(size * long / short)``."""
   w, h = image.size
   if w <= h:
     new_w, new_h = size, int(size * h / w)
@@ -129,9 +130,11 @@ def center_crop(image: Image.Image, size: int) -> Image.Image:
 
 def normalize(image: Image.Image, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)) -> np.ndarray:
   """PIL RGB image -> float32 HWC ``(x / 255 - mean) / std``."""
-  x = np.asarray(image, dtype=np.float32)
-  scale = 1.0 / (255.0 * np.asarray(std, np.float32))
-  return x * scale - np.asarray(mean, np.float32) / np.asarray(std, np.float32)
+  std = np.asarray(std, np.float32)
+  x = np.asarray(image).astype(np.float32)
+  x *= 1.0 / (255.0 * std)
+  x -= np.asarray(mean, np.float32) / std
+  return x
 
 
 def train_transform(image: np.ndarray, rng: np.random.Generator,
@@ -141,7 +144,8 @@ def train_transform(image: np.ndarray, rng: np.random.Generator,
   if config.resize_only:
     pil = pil.resize((size, size), Image.BILINEAR)
   else:
-    top, left, h, w = random_resized_crop_box(pil.height, pil.width, rng, config.scale, config.ratio)
+    top, left, h, w = random_resized_crop_box(pil.height, pil.width, rng, config.scale,
+                                              config.ratio)
     pil = pil.crop((left, top, left + w, top + h)).resize((size, size), Image.BILINEAR)
   if config.hflip > 0 and rng.uniform() < config.hflip:
     pil = pil.transpose(Image.FLIP_LEFT_RIGHT)
@@ -164,7 +168,7 @@ def eval_transform(image: np.ndarray, rng: np.random.Generator | None = None,
 
 def make_transform(train: bool, *, protocol: str = "standard", image_size: int = IMAGE_SIZE,
                    **overrides) -> Transform:
-  """``transform(image, rng) -> float32 HWC`` for ``protocol`` ``'standard'`` or ``'resize'`` (VWW)."""
+  """``transform(image, rng) -> float32 HWC``; protocol ``'standard'`` or ``'resize'`` (VWW)."""
   if protocol not in ("standard", "resize"):
     raise ValueError(f"unknown transform protocol {protocol!r}; expected 'standard' or 'resize'")
   config = TransformConfig(image_size=image_size, resize_only=protocol == "resize", **overrides)

@@ -1,0 +1,173 @@
+"""One training step three ways, measured side by side: memory, FLOPs, time, compilations.
+
+    python experiments/bench_step.py --arch mbv2-w0.35 --budget 27946 --batch 32 [--json]
+
+* ``full``: full fine-tuning, plain ``jax.grad`` over all parameters + SGD;
+* ``masked``: what the reference implementations do: full backward, then the gradients multiplied
+  by the channel mask (``optax.masked`` / gradient zeroing);
+* ``trady``: the selective layers with a TraDy selection (uniform over the top-K RGN layers).
+
+Memory is XLA's ``memory_analysis().temp_size_in_bytes`` of the compiled step, FLOPs its
+``cost_analysis()['flops']``, time the median wall time of repeated calls after warm-up. The trady
+step's temp memory is broken down with the residuals autodiff saves for the backward pass.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+import common  # noqa: F401  (sys.path set-up)
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from trady_jax import costs as costs_lib
+from trady_jax import ranking, samplers, sparse_update, steps, xla
+
+MiB = 2**20
+
+
+def _median_time(fn, args, repeats: int, warmup: int = 2) -> float:
+  for _ in range(warmup):
+    jax.block_until_ready(fn(*args))
+  times = []
+  for _ in range(repeats):
+    t = time.perf_counter()
+    jax.block_until_ready(fn(*args))
+    times.append(time.perf_counter() - t)
+  return statistics.median(times)
+
+
+def residual_bytes(loss, params) -> dict[str, int]:
+  """Bytes of what autodiff saves for the backward pass, by kind (parameters excluded)."""
+  from jax._src.ad_checkpoint import saved_residuals  # the library behind print_saved_residuals
+  out = {"float_activations": 0, "bool_masks": 0, "other": 0}
+  for aval, where in saved_residuals(loss, params):
+    if "argument" in where:  # parameters and the batch: already live, not temp memory
+      continue
+    n = int(np.prod(aval.shape)) * aval.dtype.itemsize
+    kind = ("bool_masks" if aval.dtype == jnp.bool_ else
+            "float_activations" if jnp.issubdtype(aval.dtype, jnp.floating) else "other")
+    out[kind] += n
+  return out
+
+
+def gradient_path(selection_counts, costs: costs_lib.NetworkCosts) -> list:
+  """Conv layers from the deepest (closest to the input) selected one to the output."""
+  first = min(costs[p].index for p, k in selection_counts.items() if k and costs[p].charged)
+  return [l for l in costs.convs if l.index >= first]
+
+
+def main(argv=None):
+  ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+  ap.add_argument("--arch", default="mbv2-w0.35")
+  ap.add_argument("--budget", type=int, default=27946, help="B_mem in units")
+  ap.add_argument("--batch", type=int, default=32)
+  ap.add_argument("--image-size", type=int, default=128)
+  ap.add_argument("--repeats", type=int, default=5, help="timed calls per step (median)")
+  ap.add_argument("--weights-dir", default="")
+  ap.add_argument("--ranking", default="", help="ranking JSON (default: the shipped one)")
+  ap.add_argument("--share", type=float, default=0.97, help="TraDy top-K share of layer RGN")
+  ap.add_argument("--json", action="store_true", help="print one JSON object on the last line")
+  args = ap.parse_args(argv)
+
+  model, params, pretrained = common.load_model(args.arch, 10, weights_dir=args.weights_dir,
+                                                image_size=args.image_size)
+  size = args.image_size
+  costs = costs_lib.trace(model, (1, size, size, 3))
+  doc = common.load_ranking(args.arch, args.ranking, costs)
+  if doc is None:
+    raise SystemExit(f"no layer ranking for {args.arch}: run experiments/rank_layers.py first")
+  pool = ranking.top_k_share(doc["layer_rgn"], args.share)
+  sampler = samplers.uniform(params, costs, args.budget, pool)
+  draw = jax.jit(sampler.sample)
+  selections = [draw(jax.random.fold_in(jax.random.key(0), e)) for e in range(3)]
+  rng = np.random.default_rng(0)
+  batch = {"image": jnp.asarray(rng.uniform(-1, 1, (args.batch, size, size, 3)), jnp.float32),
+           "label": jnp.asarray(rng.integers(0, 10, args.batch), jnp.int32)}
+
+  sgd = optax.sgd(0.01)
+  sparse = optax.chain(sparse_update(), optax.sgd(0.01))
+  full_step = steps.make_train_step(model, sgd)
+  trady_step = steps.make_train_step(model, sparse)
+
+  def masked_step(params, opt_state, selection, batch):
+    loss = lambda p: steps.cross_entropy(model.apply({"params": p}, batch["image"]),
+                                         batch["label"])
+    grads = jax.grad(loss)(params)
+    updates, opt_state = sparse.update(grads, opt_state, params, selection=selection)
+    return optax.apply_updates(params, updates), opt_state
+
+  report = {"arch": args.arch, "budget": args.budget, "batch": args.batch,
+            "pretrained": pretrained, "topk_layers": len(pool)}
+  cases = {"full": (full_step, sgd, None), "masked": (masked_step, sparse, selections[0]),
+           "trady": (trady_step, sparse, selections[0])}
+  for name, (fn, tx, s) in cases.items():
+    call_args = (params, tx.init(params), s, batch)
+    stats = xla.compiled_stats(fn, *call_args)
+    jitted = jax.jit(fn)
+    entry = {"temp_bytes": stats["temp_bytes"], "flops": stats["flops"],
+             "step_s": _median_time(jitted, call_args, args.repeats)}
+    if s is not None:
+      for other in selections[1:]:
+        jax.block_until_ready(jitted(params, tx.init(params), other, batch))
+      entry["compiles"] = jitted._cache_size()
+    report[name] = entry
+    print(f"{name:>7}: temp {entry['temp_bytes'] / MiB:8.1f} MiB  flops {entry['flops']:.3e}  "
+          f"step {entry['step_s']:.3f} s" + (f"  compiles {entry['compiles']}" if s else ""),
+          flush=True)
+
+  from trady_jax import selection as sel
+  counts = sel.counts(selections[0])
+  usage = costs.usage(counts)
+  path = gradient_path(counts, costs)
+  act_bytes = usage["activations"] * args.batch * 4
+  loss = lambda p: steps.cross_entropy(
+      model.apply({"params": p, "selection": selections[0]}, batch["image"]), batch["label"])
+  res = residual_bytes(loss, params)
+  forward = xla.compiled_stats(steps.make_eval_step(model), params, batch)["temp_bytes"]
+  cot = max(l.out_channels * l.out_hw[0] * l.out_hw[1] for l in path) * args.batch * 4
+  analytic = act_bytes + res["bool_masks"] + 2 * cot
+  report["analytic"] = {
+      "budget_units": usage["units"], "weight_units": usage["weights"],
+      "activation_units": usage["activations"],
+      "selected_activation_bytes": act_bytes,
+      "relu_mask_bytes": res["bool_masks"],
+      "largest_cotangent_bytes": cot,
+      "need_bytes": analytic,
+      "saved_float_residual_bytes": res["float_activations"],
+      "forward_only_temp_bytes": forward,
+      "gradient_path_layers": len(path),
+      "weight_sparsity": usage["weight_sparsity"],
+      "activation_sparsity": usage["activation_sparsity"], "flops_saved": usage["flops_saved"]}
+  full, masked, trady = report["full"], report["masked"], report["trady"]
+  report["ratios"] = {
+      "trady_over_full_temp": trady["temp_bytes"] / full["temp_bytes"],
+      "trady_over_full_flops": trady["flops"] / full["flops"],
+      "trady_over_full_time": trady["step_s"] / full["step_s"],
+      "trady_over_masked_temp": trady["temp_bytes"] / masked["temp_bytes"],
+      "masked_over_full_temp": masked["temp_bytes"] / full["temp_bytes"],
+      "trady_temp_over_analytic_need": trady["temp_bytes"] / analytic}
+  a = report["analytic"]
+  print(f"budget use {a['budget_units']:,} units (weights {a['weight_units']:,}, activations "
+        f"{a['activation_units']:,}) over {len(pool)} top-K layers; gradient path "
+        f"{a['gradient_path_layers']} conv layers")
+  print(f"analytic need {analytic / MiB:.2f} MiB = selected activations "
+        f"{act_bytes / MiB:.2f} (saved float residuals measured: "
+        f"{res['float_activations'] / MiB:.2f}) + ReLU masks {res['bool_masks'] / MiB:.2f} "
+        f"+ 2 x largest cotangent on the path {cot / MiB:.2f}")
+  print(f"forward-only (inference) temp {forward / MiB:.2f} MiB; trady temp is "
+        f"{trady['temp_bytes'] / analytic:.2f}x the analytic need")
+  for k, v in report["ratios"].items():
+    print(f"{k:>32}: {v:.3f}")
+  if args.json:
+    print(json.dumps(report))
+  return report
+
+
+if __name__ == "__main__":
+  main()

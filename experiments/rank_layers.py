@@ -1,0 +1,70 @@
+"""Offline layer ranking: a short full fine-tuning on a proxy task, recording gradient norms.
+
+    python experiments/rank_layers.py --arch mbv2-w0.35 --steps 150 [--out ranking.json]
+
+Accumulates, over the steps, every conv layer's per-channel gradient norms (Eq. 6) and layer
+gradient norms, and writes layer RGN (Eq. 8) and LaRa (Eq. 9) to a JSON that runs reuse
+(``--ranking``; the default output is the ranking shipped in ``trady_jax/rankings``). The papers
+rank on CIFAR-10.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+from pathlib import Path
+
+import common
+import jax
+import jax.numpy as jnp
+import optax
+from tqdm.auto import tqdm
+
+from trady_jax import config, ranking, rankings, steps, train
+from trady_jax import costs as costs_lib
+
+
+def main(argv=None):
+  ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+  ap.add_argument("--steps", type=int, default=150, help="fine-tuning steps to accumulate over")
+  ap.add_argument("--out", default="", help="output JSON (default: the shipped ranking)")
+  config.add_arguments(ap, config.Config(train_limit=5000, test_limit=10, lr=0.05))
+  args = ap.parse_args(argv)
+  cfg = config.from_args(args)
+  from trady_jax import data
+  train_src, _, num_classes, where = common.open_data(cfg)
+  model, params, pretrained = common.load_model(cfg.arch, num_classes, pretrained=cfg.pretrained,
+                                                weights_dir=cfg.weights_dir, seed=cfg.seed,
+                                                image_size=cfg.image_size)
+  c = costs_lib.trace(model, (1, cfg.image_size, cfg.image_size, 3))
+  paths = [l.path for l in c.convs]
+  schedule = optax.warmup_cosine_decay_schedule(0.0, cfg.lr, max(args.steps // 10, 1),
+                                                args.steps, 0.0)
+  tx = optax.sgd(schedule)
+  step = jax.jit(steps.make_train_step(model, tx, costs=c, norm_paths=paths),
+                 donate_argnums=(0, 1))
+  opt_state, state = tx.init(params), ranking.init(c)
+
+  def stream():
+    for epoch in itertools.count():
+      yield from data.batches(train_src, cfg.batch_size, train=True, seed=cfg.seed, epoch=epoch,
+                              num_workers=cfg.num_workers, image_size=cfg.image_size)
+
+  bar = tqdm(zip(range(args.steps), stream()), total=args.steps, desc=f"ranking {cfg.arch}")
+  for _, batch in bar:
+    params, opt_state, m = step(params, opt_state, None, batch)
+    n = m["channel_norms"]
+    state = {"channel": {p: state["channel"][p] + n[p] for p in paths},
+             "layer": {p: state["layer"][p] + jnp.sqrt(jnp.sum(n[p] ** 2)) for p in paths}}
+    bar.set_postfix(loss=f"{float(m['loss']):.3f}")
+  out = Path(args.out) if args.out else rankings.default_path(cfg.arch)
+  ranking.save(out, state, c, arch=cfg.arch, steps=args.steps, data=where,
+               pretrained=pretrained, batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.seed)
+  lr_ = ranking.layer_rgn(state["channel"], c)
+  top = ranking.top_k_share(lr_, 0.97)
+  print(f"wrote {out}: {len(top)} of {len(paths)} layers hold 97 % of the layer RGN")
+  print("top 10 by layer RGN:", [p.removesuffix("/kernel") for p in ranking.ranked(lr_)[:10]])
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,123 @@
+"""Deterministic, threaded batch iterator over a random-access source.
+
+The example order of an epoch is a permutation drawn from ``(seed, epoch)``, and the augmentation of
+example ``i`` uses its own generator ``(seed, epoch, i)`` (see :mod:`trady_jax.data.transforms`).
+Batches therefore depend only on ``(seed, epoch, step)``: not on ``num_workers`` or timing, and a
+run resumed at ``start_step`` sees exactly the batches it would have seen.
+
+Decoding and transforms run in a thread pool (PIL releases the GIL in decode/resize/enhance), a few
+batches ahead of the consumer.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures as cf
+import os
+import sys
+from typing import Iterator
+
+import numpy as np
+
+from trady_jax.data import transforms as T
+from trady_jax.data.folder import Source
+
+
+def steps_per_epoch(num_examples: int, batch_size: int, drop_remainder: bool = True) -> int:
+  """Number of batches :func:`batches` yields for a source of ``num_examples``."""
+  if batch_size < 1:
+    raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+  full, rest = divmod(num_examples, batch_size)
+  return full + (0 if drop_remainder or rest == 0 else 1)
+
+
+def epoch_order(num_examples: int, *, shuffle: bool, seed: int, epoch: int) -> np.ndarray:
+  """Dataset indices in the order one epoch visits them."""
+  if not shuffle:
+    return np.arange(num_examples)
+  return T.epoch_rng(seed, epoch).permutation(num_examples)
+
+
+def default_workers() -> int:
+  """Threads used when ``num_workers`` is not given: the CPU count, at most 8."""
+  return max(1, min(8, os.cpu_count() or 1))
+
+
+def batches(source: Source, batch_size: int, *, train: bool, seed: int = 0, epoch: int = 0,
+            drop_remainder: bool | None = None, num_workers: int | None = None, start_step: int = 0,
+            shuffle: bool | None = None, transform: T.Transform | None = None,
+            image_size: int = T.IMAGE_SIZE, prefetch: int = 2,
+            pad_remainder: bool = False) -> Iterator[dict[str, np.ndarray]]:
+  """Yield ``{'image': float32 (B, S, S, 3), 'label': int32 (B,)}`` for one epoch.
+
+  Args:
+    source: random-access source (``len``, ``[i] -> (uint8 HWC, label)``, optional ``protocol``).
+    batch_size: examples per batch.
+    train: training transforms (random crop/flip/jitter) and, by default, shuffling and dropping the
+      last partial batch; otherwise the deterministic test transform in dataset order.
+    seed, epoch: fix the order and the augmentation (non-negative integers).
+    drop_remainder: drop the last partial batch; defaults to ``train``.
+    num_workers: decoding/transform threads; 0 runs everything in the calling thread; default
+      :func:`default_workers`.
+    start_step: skip the first ``start_step`` batches (resume mid-epoch); they are not decoded.
+    shuffle: shuffle the order; defaults to ``train``.
+    transform: ``transform(uint8 HWC, rng) -> float32 HWC``; defaults to the papers' transforms for
+      ``source.protocol`` at ``image_size``.
+    image_size: output side of the default transform.
+    prefetch: batches prepared ahead of the consumer (with worker threads).
+    pad_remainder: pad the last partial batch to ``batch_size`` by repeating its first example, and
+      add ``'mask'`` (bool ``(B,)``, False on padding) to every batch: evaluation keeps one shape.
+  """
+  drop_remainder = train if drop_remainder is None else drop_remainder
+  shuffle = train if shuffle is None else shuffle
+  if transform is None:
+    transform = T.make_transform(train, protocol=getattr(source, "protocol", "standard"),
+                                 image_size=image_size)
+  if start_step < 0:
+    raise ValueError(f"start_step must be >= 0, got {start_step}")
+  order = epoch_order(len(source), shuffle=shuffle, seed=seed, epoch=epoch)
+  steps = steps_per_epoch(len(order), batch_size, drop_remainder)
+  workers = default_workers() if num_workers is None else int(num_workers)
+
+  def load(index: int) -> tuple[np.ndarray, int]:
+    image, label = source[index]
+    return transform(image, T.example_rng(seed, epoch, index)), label
+
+  def assemble(results: list[tuple[np.ndarray, int]]) -> dict[str, np.ndarray]:
+    n = len(results)
+    size = batch_size if pad_remainder else n
+    rows = [results[k % n] for k in range(size)]
+    batch = {"image": np.stack([r[0] for r in rows]).astype(np.float32, copy=False),
+             "label": np.asarray([r[1] for r in rows], np.int32)}
+    if pad_remainder:
+      batch["mask"] = np.arange(size) < n
+    return batch
+
+  def indices(step: int) -> np.ndarray:
+    return order[step * batch_size:(step + 1) * batch_size]
+
+  if workers == 0:
+    for step in range(start_step, steps):
+      yield assemble([load(int(i)) for i in indices(step)])
+    return
+
+  pool = cf.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="trady-data")
+  pending: collections.deque = collections.deque()
+  try:
+    next_step = start_step
+    for _ in range(max(1, prefetch) + 1):
+      if next_step < steps:
+        pending.append([pool.submit(load, int(i)) for i in indices(next_step)])
+        next_step += 1
+    while pending:
+      results = [f.result() for f in pending.popleft()]
+      if next_step < steps:  # keep the queue full before handing the batch out
+        pending.append([pool.submit(load, int(i)) for i in indices(next_step)])
+        next_step += 1
+      yield assemble(results)
+  finally:
+    for futures in pending:
+      for f in futures:
+        f.cancel()
+    if not sys.is_finalizing():  # an unfinished generator collected at exit: threads already joined
+      pool.shutdown(wait=True)  # pending work was cancelled above; running items finish quickly
