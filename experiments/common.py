@@ -115,7 +115,7 @@ def make_run(cfg, workdir):
   def batches(source, batch_size, *, train, seed, epoch):
     return data.batches(source, batch_size, train=train, seed=seed, epoch=epoch,
                         num_workers=cfg.num_workers, image_size=cfg.image_size,
-                        drop_remainder=train)
+                        pad_remainder=not train)
 
   run = train.Run(cfg, workdir, model=model, params=params, train_source=train_src,
                   test_source=test_src, batches=batches, ranking_doc=doc, scheme_counts=counts)

@@ -50,7 +50,8 @@ def main(argv=None):
       yield from data.batches(train_src, cfg.batch_size, train=True, seed=cfg.seed, epoch=epoch,
                               num_workers=cfg.num_workers, image_size=cfg.image_size)
 
-  bar = tqdm(zip(range(args.steps), stream()), total=args.steps, desc=f"ranking {cfg.arch}")
+  bar = tqdm(zip(range(args.steps), stream()), total=args.steps, desc=f"ranking {cfg.arch}",
+              disable=not cfg.progress)
   for _, batch in bar:
     params, opt_state, m = step(params, opt_state, None, batch)
     n = m["channel_norms"]

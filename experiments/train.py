@@ -18,7 +18,7 @@ import json
 
 import common
 
-from trady_jax import config
+from trady_jax import config, results
 
 # The embedded default: a short TraDy fine-tuning (a couple of minutes on a laptop CPU).
 QUICK = config.Config(strategy="trady", train_limit=2000, test_limit=1000, epochs=1,
@@ -37,7 +37,7 @@ def main(argv=None):
   final = run.run()
   final.update(run.info, workdir=workdir, strategy=cfg.strategy, arch=cfg.arch,
                dataset=cfg.dataset, budget=cfg.budget, seed=cfg.seed)
-  (run.workdir / "final.json").write_text(json.dumps(final, indent=1))
+  results.write_json_atomic(run.workdir / "final.json", final)
   print(f"final test accuracy {final.get('test_accuracy', float('nan')):.4f}  "
         f"budget used {final['units']:,.0f} units  weight sparsity {final['weight_sparsity']:.3f}  "
         f"activation sparsity {final['activation_sparsity']:.3f}  dW FLOPs saved "

@@ -86,7 +86,9 @@ def test_killed_run_resumes_to_the_same_parameters(tmp_path):
 
 
 def test_mismatched_or_corrupt_checkpoint_is_an_error(tmp_path):
-  _run(tmp_path, "trady").run()
+  first = _run(tmp_path, "trady").run()
+  again = _run(tmp_path, "trady").run()  # finished: restored, nothing retrained
+  assert again["test_accuracy"] == first["test_accuracy"] and again["epoch"] == 3
   other = _run(tmp_path, "trady", seed=5)
   with pytest.raises(checkpoint.CheckpointError, match="different config"):
     other.run()

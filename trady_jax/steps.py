@@ -55,13 +55,18 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, *,
 
 
 def make_eval_step(model: nn.Module) -> Callable:
-  """``eval_step(params, batch) -> {'correct', 'count', 'loss_sum'}`` (sums, for exact averages)."""
+  """``eval_step(params, batch) -> {'correct', 'count', 'loss_sum'}`` (sums, for exact averages).
+
+  An optional boolean ``batch['mask']`` marks padding examples (False) that must not count, so the
+  last, padded batch of a test split keeps the compiled shape.
+  """
 
   def eval_step(params, batch):
     logits = model.apply({"params": params}, batch["image"])
     losses = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"])
-    return {"correct": jnp.sum(jnp.argmax(logits, -1) == batch["label"]),
-            "count": jnp.asarray(batch["label"].shape[0]),
-            "loss_sum": jnp.sum(losses)}
+    valid = batch.get("mask", jnp.ones(batch["label"].shape, bool))
+    return {"correct": jnp.sum((jnp.argmax(logits, -1) == batch["label"]) & valid),
+            "count": jnp.sum(valid),
+            "loss_sum": jnp.sum(jnp.where(valid, losses, 0.0))}
 
   return eval_step

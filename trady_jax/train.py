@@ -19,7 +19,7 @@ import numpy as np
 import optax
 from tqdm.auto import tqdm
 
-from trady_jax import checkpoint, ranking, steps, strategies
+from trady_jax import checkpoint, parallel, ranking, steps, strategies
 from trady_jax import selection as sel
 from trady_jax.config import Config
 from trady_jax.costs import NetworkCosts, trace
@@ -32,8 +32,8 @@ def learning_rate(cfg: Config, steps_per_epoch: int) -> optax.Schedule:
   """Linear warm-up from 0 to ``cfg.lr`` over the warm-up epochs, then cosine to 0, per step."""
   total = cfg.total_epochs() * steps_per_epoch
   warmup = cfg.warmup_epochs * steps_per_epoch
-  return optax.warmup_cosine_decay_schedule(0.0, cfg.lr, max(warmup, 1), max(total, warmup + 1),
-                                            0.0)
+  warmup = max(warmup, 1)
+  return optax.warmup_cosine_decay_schedule(0.0, cfg.lr, warmup, max(total, warmup + 1), 0.0)
 
 
 def _selection_from_indices(indices: Mapping[str, np.ndarray], params: PyTree,
@@ -99,12 +99,34 @@ class Run:
         scheme_counts=scheme_counts, share=cfg.topk_share, alpha=cfg.alpha,
         fixed_counts=cfg.fixed_counts, oracle=oracle)
     track = self.strategy.rule == "medyate"
-    self.train_step = jax.jit(steps.make_train_step(
-        model, self.tx, costs=self.costs, norm_paths=self.selector.layers if track else ()),
-        donate_argnums=(0, 1))
-    self.eval_step = jax.jit(steps.make_eval_step(model))
+    train_step = steps.make_train_step(model, self.tx, costs=self.costs,
+                                       norm_paths=self.selector.layers if track else ())
+    # Data parallel over all devices when there are several (batch sharded, rest replicated).
+    self.mesh = parallel.mesh() if jax.device_count() > 1 else None
+    if self.mesh is None:
+      self.train_step = jax.jit(train_step, donate_argnums=(0, 1))
+      self.eval_step = jax.jit(steps.make_eval_step(model))
+    else:
+      parallel.check_batch(cfg.batch_size, self.mesh)
+      self.train_step = parallel.jit_train_step(train_step, self.mesh, donate_argnums=(0, 1))
+      self.eval_step = parallel.jit_eval_step(steps.make_eval_step(model), self.mesh)
     self.signatures: set = set()
     self._epoch = 0
+
+  def _place(self, tree):
+    """Replicate params / state / selection over the mesh (no-op on one device)."""
+    return tree if self.mesh is None or tree is None else parallel.replicate(tree, self.mesh)
+
+  def _device_batches(self, *args, **kwargs):
+    """The loader's batches, split over the mesh's devices (each host keeps its own rows)."""
+    for b in self.batches(*args, **kwargs):
+      if self.mesh is None:
+        yield b
+        continue
+      if jax.process_count() > 1:
+        n, i = jax.process_count(), jax.process_index()
+        b = {k: v[i * len(v) // n:(i + 1) * len(v) // n] for k, v in b.items()}
+      yield parallel.shard_batch(b, self.mesh)
 
   def _oracle_batches(self):
     it = self.batches(self.train_source, self.cfg.batch_size, train=True, seed=self.cfg.seed + 7,
@@ -113,8 +135,8 @@ class Run:
 
   def evaluate(self, params: PyTree) -> dict[str, float]:
     totals = {"correct": 0, "count": 0, "loss_sum": 0.0}
-    for b in self.batches(self.test_source, self.cfg.batch_size, train=False, seed=self.cfg.seed,
-                          epoch=0):
+    for b in self._device_batches(self.test_source, self.cfg.batch_size, train=False,
+                                  seed=self.cfg.seed, epoch=0):
       out = jax.device_get(self.eval_step(params, b))
       totals = {k: totals[k] + out[k] for k in totals}
     return {"test_accuracy": float(totals["correct"] / max(totals["count"], 1)),
@@ -147,8 +169,10 @@ class Run:
       print(f"resuming {self.workdir} after epoch {start}")
     elif metrics_path.exists():
       metrics_path.unlink()
+    params, opt_state = self._place(params), self._place(opt_state)
     total_epochs = cfg.total_epochs()
-    record: dict = {}
+    # A finished run restored from its last checkpoint reports that checkpoint's metrics.
+    record: dict = dict(restored[2].get("metrics", {})) if restored is not None else {}
     t_run = time.time()
     for epoch in range(start, total_epochs):
       self._epoch = epoch
@@ -184,7 +208,9 @@ class Run:
 
   def _train_epoch(self, epoch, params, opt_state, selection, usage):
     cfg = self.cfg
-    it = self.batches(self.train_source, cfg.batch_size, train=True, seed=cfg.seed, epoch=epoch)
+    it = self._device_batches(self.train_source, cfg.batch_size, train=True, seed=cfg.seed,
+                              epoch=epoch)
+    selection = self._place(selection)
     bar = tqdm(total=self.steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.total_epochs()}",
                disable=not cfg.progress, leave=False, dynamic_ncols=True)
     sums = {"loss": 0.0, "accuracy": 0.0}

@@ -6,14 +6,17 @@ from typing import Any, Callable
 
 
 def compiled_stats(fn: Callable, *args, **kwargs) -> dict[str, Any]:
-  """Compile ``jax.jit(fn)`` for these arguments and read its memory and cost analyses.
+  """Compile ``jax.jit(fn)`` (or ``fn`` itself if already jitted) and read its analyses.
+
+  Under sharding the figures are per device (the SPMD program each device runs).
 
   Returns ``temp_bytes`` (``memory_analysis().temp_size_in_bytes``: the scratch memory the step
   needs beyond its arguments and outputs, the figure that tracks what autodiff saves for the
   backward pass), ``argument_bytes``, ``output_bytes`` and ``flops`` (``cost_analysis()['flops']``).
   """
   import jax
-  compiled = jax.jit(fn).lower(*args, **kwargs).compile()
+  jitted = fn if hasattr(fn, "lower") else jax.jit(fn)
+  compiled = jitted.lower(*args, **kwargs).compile()
   mem = compiled.memory_analysis()
   cost = compiled.cost_analysis()
   if isinstance(cost, (list, tuple)):  # older jax returns one dict per device program
