@@ -26,7 +26,7 @@ import numpy as np
 import optax
 
 from trady_jax import costs as costs_lib
-from trady_jax import ranking, samplers, sparse_update, steps, xla
+from trady_jax import parallel, ranking, samplers, sparse_update, steps, xla
 
 MiB = 2**20
 
@@ -102,14 +102,24 @@ def main(argv=None):
     updates, opt_state = sparse.update(grads, opt_state, params, selection=selection)
     return optax.apply_updates(params, updates), opt_state
 
+  # Several devices: data parallel, and every figure below is per device.
+  mesh = parallel.mesh() if jax.device_count() > 1 else None
+  jit = jax.jit
+  host_batch = batch
+  if mesh is not None:
+    parallel.check_batch(args.batch, mesh)
+    jit = lambda f: parallel.jit_train_step(f, mesh)
+    batch = parallel.shard_batch(batch, mesh)
+    params = parallel.replicate(params, mesh)
+    selections = [parallel.replicate(s, mesh) for s in selections]
   report = {"arch": args.arch, "budget": args.budget, "batch": args.batch,
-            "pretrained": pretrained, "topk_layers": len(pool)}
+            "devices": jax.device_count(), "pretrained": pretrained, "topk_layers": len(pool)}
   cases = {"full": (full_step, sgd, None), "masked": (masked_step, sparse, selections[0]),
            "trady": (trady_step, sparse, selections[0])}
   for name, (fn, tx, s) in cases.items():
     call_args = (params, tx.init(params), s, batch)
-    stats = xla.compiled_stats(fn, *call_args)
-    jitted = jax.jit(fn)
+    jitted = jit(fn)
+    stats = xla.compiled_stats(jitted, *call_args)
     entry = {"temp_bytes": stats["temp_bytes"], "flops": stats["flops"],
              "step_s": _median_time(jitted, call_args, args.repeats)}
     if s is not None:
@@ -125,12 +135,16 @@ def main(argv=None):
   counts = sel.counts(selections[0])
   usage = costs.usage(counts)
   path = gradient_path(counts, costs)
-  act_bytes = usage["activations"] * args.batch * 4
+  per_device = args.batch // (mesh.size if mesh is not None else 1)
+  act_bytes = usage["activations"] * per_device * 4
+  local = {k: v[:per_device] for k, v in host_batch.items()}  # one device's share of the batch
   loss = lambda p: steps.cross_entropy(
-      model.apply({"params": p, "selection": selections[0]}, batch["image"]), batch["label"])
+      model.apply({"params": p, "selection": selections[0]}, local["image"]), local["label"])
   res = residual_bytes(loss, params)
-  forward = xla.compiled_stats(steps.make_eval_step(model), params, batch)["temp_bytes"]
-  cot = max(l.out_channels * l.out_hw[0] * l.out_hw[1] for l in path) * args.batch * 4
+  eval_step = steps.make_eval_step(model)
+  eval_jit = jax.jit(eval_step) if mesh is None else parallel.jit_eval_step(eval_step, mesh)
+  forward = xla.compiled_stats(eval_jit, params, batch)["temp_bytes"]
+  cot = max(l.out_channels * l.out_hw[0] * l.out_hw[1] for l in path) * per_device * 4
   analytic = act_bytes + res["bool_masks"] + 2 * cot
   report["analytic"] = {
       "budget_units": usage["units"], "weight_units": usage["weights"],

@@ -18,7 +18,7 @@ import json
 
 import common
 
-from trady_jax import config, results
+from trady_jax import config, parallel, results
 
 # The embedded default: a short TraDy fine-tuning (a couple of minutes on a laptop CPU).
 QUICK = config.Config(strategy="trady", train_limit=2000, test_limit=1000, epochs=1,
@@ -30,6 +30,7 @@ def main(argv=None):
   ap.add_argument("--workdir", default="", help="run folder (default runs/<arch>-<strategy>-...)")
   config.add_arguments(ap, QUICK)
   args = ap.parse_args(argv)
+  parallel.initialize()  # joins a multi-host job when the environment describes one
   cfg = config.from_args(args)
   workdir = args.workdir or (f"runs/{cfg.arch}-{cfg.dataset.replace(':', '_').replace('/', '_')}-"
                              f"{cfg.strategy}-b{cfg.budget}-s{cfg.seed}")

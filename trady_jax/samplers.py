@@ -224,16 +224,16 @@ def pool_vector(sampler: Sampler, per_layer: Mapping[str, jax.Array], fill: floa
 
 
 def selected_vector(sampler: Sampler, selection: PyTree) -> jax.Array:
-  """Boolean flat pool vector: which channels ``selection`` trains."""
-  flat = jax.tree_util.tree_flatten_with_path(selection, is_leaf=sel.is_marker)[0]
-  chans = {sel.path_str(p): s for p, s in flat if isinstance(s, sel.Channels)}
+  """Boolean flat pool vector: which channels ``selection`` trains (built on the host, so
+  selections of varying sizes never trigger compilations)."""
+  idx = sel.as_numpy(selection)
   parts = []
   for l in sampler.layers:
-    m = jnp.zeros((l.in_channels,), bool)
-    if l.path in chans:
-      m = m.at[chans[l.path].idx].set(True)
+    m = np.zeros((l.in_channels,), bool)
+    if l.path in idx:
+      m[idx[l.path]] = True
     parts.append(m)
-  return jnp.concatenate(parts)
+  return jnp.asarray(np.concatenate(parts))
 
 
 def medyate_update(state: dict, measured: jax.Array, selected: jax.Array) -> dict:
