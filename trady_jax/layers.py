@@ -32,9 +32,7 @@ def _gate(module: nn.Module, name: str, value: jax.Array) -> tuple[jax.Array, An
   if not module.has_variable("selection", name):
     return value, None
   s = module.get_variable("selection", name)
-  if isinstance(s, sel.AllChannels):
-    return value, s
-  if isinstance(s, sel.Channels):
+  if isinstance(s, (sel.AllChannels, sel.Channels)):
     return value, s
   return jax.lax.stop_gradient(value), s
 

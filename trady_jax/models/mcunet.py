@@ -1,4 +1,4 @@
-"""MCUNet-family networks (mbv2-w0.35, mcunet-in1, proxyless-w0.3) built from an architecture description.
+"""MCUNet-family networks (mbv2-w0.35, mcunet-in1, proxyless-w0.3) from an architecture description.
 
 Two description formats are read (method-spec section 8):
 
@@ -8,9 +8,10 @@ Two description formats are read (method-spec section 8):
 * the MCUNet model-zoo ``ProxylessNASNets`` config (``<zoo id>.json``) with explicit ``act_func``.
 
 Both become a ``NetSpec``, and ``MCUNet(spec, num_classes)`` is a Flax module whose convs are
-``layers.SelectiveConv`` created in MIT conv order (first_conv, then per block pointwise1, depthwise,
-[SE reduce, expand], pointwise2, [shortcut conv], ..., feature_mix), the order behind the Sparse
-Update ``manual_weight_idx`` (method-spec 7.3). BatchNorm is folded: every conv has a bias.
+``layers.SelectiveConv`` created in MIT conv order (first_conv, then per block pointwise1,
+depthwise, [SE reduce, expand], pointwise2, [shortcut conv], ..., feature_mix), the order behind
+the Sparse Update ``manual_weight_idx`` (method-spec 7.3). BatchNorm is folded: every conv has
+a bias.
 """
 
 from __future__ import annotations
@@ -138,7 +139,9 @@ class MCUNet(nn.Module):
 # MIT tiny-training description (int8 json) -> NetSpec
 
 def activation_from_range(q: Mapping[str, Any], tol: float = 0.05) -> str | None:
-  """ReLU6 / ReLU / linear from an int8 conv's output range ``[(-128-y_zero)*y_scale, (127-y_zero)*y_scale]``.
+  """ReLU6 / ReLU / linear from an int8 conv's output range.
+
+  The range is ``[(-128 - y_zero) * y_scale, (127 - y_zero) * y_scale]`` (weights README).
 
   ``y_zero = -128`` clamps at 0: ReLU6 when the upper end is at most 6 (calibration may clip
   lower), plain ReLU beyond; any other zero point is a linear output (e.g. ``pointwise2``).
@@ -154,8 +157,9 @@ def _conv_from_entry(e: Mapping[str, Any], where: str) -> Conv:
   try:
     k = e["kernel_size"]
     act = e.get("act") or activation_from_range(e["params"])
-    return Conv(int(e["in_channel"]), int(e["out_channel"]), int(k[0] if isinstance(k, list) else k),
-                int(e["stride"]), int(e["groups"]), None if act == "none" else act)
+    k = int(k[0] if isinstance(k, list) else k)
+    return Conv(int(e["in_channel"]), int(e["out_channel"]), k, int(e["stride"]), int(e["groups"]),
+                None if act == "none" else act)
   except (KeyError, TypeError, ValueError) as err:
     raise ValueError(f"malformed conv description at {where}: {err!r}") from err
 
@@ -259,9 +263,14 @@ def spec_from_zoo_config(cfg: Mapping[str, Any]) -> NetSpec:
                  cfg["classifier"]["out_features"], cfg.get("resolution", 128))
 
 
+# Zoo checkpoints saved after the OFA refactor name blocks ``blocks.i.conv.``; read them as the
+# older ``blocks.i.mobile_inverted_conv.`` (``weights.normalise_keys(sd, ZOO_RENAMES)``).
+ZOO_RENAMES = ((r"^blocks\.(\d+)\.conv\.", r"blocks.\1.mobile_inverted_conv."),)
+
+
 def zoo_key_map(spec: NetSpec) -> dict:
-  """``{module path: weights.ConvKeys | DenseKeys}`` into a zoo state dict (after
-  ``weights.normalise_keys``: ``blocks.i.conv.`` is read as ``blocks.i.mobile_inverted_conv.``)."""
+  """``{module path: weights.ConvKeys | DenseKeys}`` into a zoo state dict (keys normalised with
+  ``ZOO_RENAMES``)."""
   from trady_jax.models.weights import ConvKeys, DenseKeys
   torch = {"first_conv": "first_conv", "feature_mix": "feature_mix_layer",
            "pointwise1": "mobile_inverted_conv.inverted_bottleneck",

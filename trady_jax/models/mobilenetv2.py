@@ -1,4 +1,4 @@
-"""Full-width MobileNetV2 (Sandler et al. 2018) as an ``mcunet.MCUNet`` with torchvision / timm keys.
+"""Full-width MobileNetV2 (Sandler et al. 2018) as an ``mcunet.MCUNet``, torchvision / timm keys.
 
 It is the same inverted-residual network family as mbv2-w0.35, so it shares the builder:
 first conv 3->32/2, 17 blocks (t, c, n, s table below), 1x1 feature-mix conv 320->1280 (ReLU6),

@@ -1,4 +1,6 @@
-"""MIT Sparse Update (SU) schemes 1-5 of the three MCU networks (method-spec 7.3, [CODE-W] ``NEq_configs.yaml``).
+"""MIT Sparse Update (SU) schemes 1-5 of the three MCU networks (method-spec 7.3).
+
+Source: the predecessor code's ``NEq_configs.yaml`` ([CODE-W]).
 
 A scheme updates the biases of the last ``n_bias_update`` convs and, for each conv index in
 ``manual_weight_idx`` (counted from the input, MIT order), the first ``int(C_in * ratio)`` input

@@ -1,11 +1,12 @@
 """Pretrained weights into the ``{'kernel', 'bias'}`` parameter tree of the selective layers.
 
 * int8 MIT tiny-training models (``NAME.json`` + ``NAME.npz``, ``../shared/weights/README.md``):
-  ``W[o] = weight[o] * w_scales[o]``, ``b[o] = bias[o] * x_scale * w_scales[o]`` (BN already folded);
+  ``W[o] = weight[o] * w_scales[o]``, ``b[o] = bias[o] * x_scale * w_scales[o]`` (BN folded);
 * fp32 PyTorch state dicts with BatchNorm (MCUNet model zoo, torchvision, timm), folded at load:
   ``W' = W * gamma / sqrt(var + eps)``, ``b' = beta + (b - mean) * gamma / sqrt(var + eps)``.
 
-Kernels go OIHW -> HWIO (depthwise ``(C, 1, k, k)`` -> ``(k, k, 1, C)``); dense ``(out, in)`` -> ``(in, out)``.
+Kernels go OIHW -> HWIO (depthwise ``(C, 1, k, k)`` -> ``(k, k, 1, C)``); dense ``(out, in)`` ->
+``(in, out)``.
 """
 
 from __future__ import annotations
@@ -106,12 +107,13 @@ def fold_bn(w: np.ndarray, gamma, beta, mean, var, eps: float = 1e-5,
   scale = np.asarray(gamma, np.float64) / np.sqrt(np.asarray(var, np.float64) + eps)
   b = np.zeros_like(scale) if bias is None else np.asarray(bias, np.float64)
   w = np.asarray(w, np.float64) * scale.reshape((-1,) + (1,) * (np.ndim(w) - 1))
-  return w.astype(np.float32), (np.asarray(beta, np.float64) + (b - mean) * scale).astype(np.float32)
+  b = np.asarray(beta, np.float64) + (b - np.asarray(mean, np.float64)) * scale
+  return w.astype(np.float32), b.astype(np.float32)
 
 
 def fold_input_norm(kernel: np.ndarray, bias: np.ndarray, mean: Sequence[float] = IMAGENET_MEAN,
                     std: Sequence[float] = IMAGENET_STD) -> tuple[np.ndarray, np.ndarray]:
-  """First conv (HWIO) that reads ``[-1, 1]`` inputs (mean = std = 0.5) instead of ``(x - mean) / std``.
+  """First conv (HWIO) reading ``[-1, 1]`` inputs (mean = std = 0.5), not ``(x - mean) / std``.
 
   ``(0.5 x + 0.5 - mean) / std = a x + c``: the kernel is scaled by ``a`` and ``conv(c)`` joins the
   bias. Exact except at zero-padded borders (padding is 0 in the new input space).
@@ -161,7 +163,8 @@ def convert_state_dict(state_dict: Mapping[str, Any], key_map: Mapping[str, Conv
     if w.ndim != 4:
       raise ValueError(f"{path}: conv weight {keys.weight!r} has shape {w.shape}, expected OIHW")
     if keys.bn:
-      bn = [_get(sd, f"{keys.bn}.{n}", path) for n in ("weight", "bias", "running_mean", "running_var")]
+      bn = [_get(sd, f"{keys.bn}.{n}", path)
+            for n in ("weight", "bias", "running_mean", "running_var")]
       w, b = fold_bn(w, *bn, eps=eps, bias=bias)
     else:
       b = np.zeros(w.shape[0], np.float32) if bias is None else bias.astype(np.float32)
@@ -181,7 +184,8 @@ def load_state_dict(path: str | Path) -> dict[str, np.ndarray]:
     try:
       import torch
     except ImportError as err:
-      raise ImportError(f"reading {path.name} needs PyTorch: pip install 'trady-jax[torch]'") from err
+      raise ImportError(f"reading {path.name} needs PyTorch: "
+                        "pip install 'trady-jax[torch]'") from err
     try:
       sd = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises many types for corrupt or unsafe files
@@ -221,11 +225,12 @@ def _flat(tree: Any) -> dict[str, Any]:
 
 
 def check_params(params: Any, reference: Any, *, where: str = "weights") -> None:
-  """Raise if ``params`` and ``reference`` (e.g. from ``jax.eval_shape``) differ in leaves or shapes."""
+  """Raise if ``params`` and ``reference`` (e.g. ``jax.eval_shape``) differ in leaves or shapes."""
   got, want = _flat(params), _flat(reference)
   missing, extra = sorted(set(want) - set(got)), sorted(set(got) - set(want))
   if missing or extra:
-    raise ValueError(f"{where} do not match the model: missing {missing[:5]}, unexpected {extra[:5]}")
+    raise ValueError(f"{where} do not match the model: missing {missing[:5]}, "
+                     f"unexpected {extra[:5]}")
   for k, ref in want.items():
     if tuple(np.shape(got[k])) != tuple(ref.shape):
       raise ValueError(f"{where}: layer {k.rsplit('/', 1)[0]!r} {k.rsplit('/', 1)[1]} has shape "
@@ -234,7 +239,7 @@ def check_params(params: Any, reference: Any, *, where: str = "weights") -> None
 
 def merge_params(init: Mapping[str, Any], loaded: Mapping[str, Any],
                  skip: Iterable[str] = ()) -> dict:
-  """``init`` with every top-level entry of ``loaded`` (except ``skip``) put in, as float32 arrays."""
+  """``init`` with each top-level entry of ``loaded`` (except ``skip``) put in as float32 arrays."""
   skip = set(skip)
   out = dict(init)
   for k, v in loaded.items():

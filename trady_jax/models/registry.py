@@ -1,0 +1,256 @@
+"""Named models with pretrained weights: ``load_model(name, num_classes) -> (module, params)``.
+
+Names: the papers' MCU networks ``'mbv2-w0.35'``, ``'mcunet-in1'``, ``'proxyless-w0.3'``
+(method-spec 8) and the generic ``'resnet18'``, ``'resnet50'``, ``'mobilenetv2'`` (torchvision /
+timm checkpoints).
+
+Weights are looked up, in order, in ``weights_dir`` (if given, only there), else in the directories
+of ``$TRADY_JAX_WEIGHTS`` (``os.pathsep``-separated), ``../shared/weights`` beside the current
+directory and beside the repository, and the cache ``$TRADY_JAX_CACHE`` or ``~/.cache/trady_jax``.
+For an MCU net a directory may hold the int8 files ``NAME.json + NAME.npz`` or the fp32 model-zoo
+files ``<zoo id>.json + <zoo id>.pth`` (need torch); ``download_weights(name)`` fetches the public
+files into the cache (``load_model(..., download=True)`` calls it); nothing is downloaded unless
+asked.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import tempfile
+import urllib.request
+import warnings
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from trady_jax.models import mcunet, mobilenetv2, resnet, weights
+
+ZOO_URL = "https://hanlab18.mit.edu/projects/tinyml/mcunet/release/"
+# name: (MCUNet model-zoo id, feature-mix channels to add when the int8 description lacks it)
+MCU_NETS = {"mbv2-w0.35": ("mbv2-w0.35-r144_imagenet", 448),
+            "mcunet-in1": ("mcunet-5fps_imagenet", None),
+            "proxyless-w0.3": ("proxyless-w0.3-r176_imagenet", 384)}
+TORCHVISION_URLS = {"resnet18": "https://download.pytorch.org/models/resnet18-f37072fd.pth",
+                    "resnet50": "https://download.pytorch.org/models/resnet50-0676ba61.pth",
+                    "mobilenetv2": "https://download.pytorch.org/models/mobilenet_v2-b0353104.pth"}
+NAMES = tuple(MCU_NETS) + tuple(TORCHVISION_URLS)
+
+
+class WeightFiles(NamedTuple):
+  """Where a model's weights are: ``kind`` is ``'int8' | 'zoo' | 'state_dict'``."""
+  kind: str
+  files: tuple[Path, ...]
+
+
+def _check(name: str) -> None:
+  if name not in NAMES:
+    raise KeyError(f"unknown model {name!r}; known: {list(NAMES)}")
+
+
+def cache_dir() -> Path:
+  """``$TRADY_JAX_CACHE`` or ``~/.cache/trady_jax``."""
+  return Path(os.environ.get("TRADY_JAX_CACHE") or Path.home() / ".cache" / "trady_jax")
+
+
+def search_dirs(weights_dir: str | Path | None = None) -> list[Path]:
+  """Directories searched for weights, in order (see the module docstring)."""
+  if weights_dir is not None:
+    return [Path(weights_dir)]
+  env = [Path(p) for p in os.environ.get("TRADY_JAX_WEIGHTS", "").split(os.pathsep) if p]
+  repo = Path(__file__).resolve().parents[2]
+  dirs = env + [Path.cwd().parent / "shared" / "weights", repo.parent / "shared" / "weights",
+                cache_dir()]
+  return list(dict.fromkeys(d.resolve() for d in dirs))
+
+
+def _have_torch() -> bool:
+  try:
+    import torch  # noqa: F401
+  except ImportError:
+    return False
+  return True
+
+
+def find_weights(name: str, weights_dir: str | Path | None = None,
+                 source: str = "auto") -> WeightFiles | None:
+  """The weight files of ``name``, or None. ``source``: ``'int8'``, ``'zoo'`` (fp32) or ``'auto'``
+  (fp32 zoo if torch is installed, else int8, else zoo)."""
+  _check(name)
+  if source not in ("auto", "int8", "zoo"):
+    raise ValueError(f"source must be 'auto', 'int8' or 'zoo', got {source!r}")
+  found: dict[str, WeightFiles] = {}
+  for d in search_dirs(weights_dir):
+    if name in MCU_NETS:
+      zoo = MCU_NETS[name][0]
+      for kind, files in (("int8", (d / f"{name}.json", d / f"{name}.npz")),
+                          ("zoo", (d / f"{zoo}.json", d / f"{zoo}.pth"))):
+        if kind not in found and all(f.is_file() for f in files):
+          found[kind] = WeightFiles(kind, files)
+    else:
+      stems = (name, Path(TORCHVISION_URLS[name]).stem)
+      for f in (d / f"{s}{ext}" for s in stems for ext in (".safetensors", ".pth", ".npz")):
+        if f.is_file():
+          return WeightFiles("state_dict", (f,))
+  order = {"int8": ["int8"], "zoo": ["zoo"],
+           "auto": ["zoo", "int8"] if _have_torch() else ["int8", "zoo"]}[source]
+  return next((found[k] for k in order if k in found), None)
+
+
+def download_weights(name: str, cache: str | Path | None = None, *,
+                     force: bool = False) -> WeightFiles:
+  """Fetch the public fp32 weights of ``name`` (MCUNet model zoo or torchvision) into ``cache``."""
+  _check(name)
+  cache = Path(cache or cache_dir())
+  cache.mkdir(parents=True, exist_ok=True)
+  if name in MCU_NETS:
+    zoo = MCU_NETS[name][0]
+    urls, kind = [f"{ZOO_URL}{zoo}.json", f"{ZOO_URL}{zoo}.pth"], "zoo"
+  else:
+    urls, kind = [TORCHVISION_URLS[name]], "state_dict"
+  files = []
+  for url in urls:
+    dest = cache / url.rsplit("/", 1)[1]
+    if force or not dest.is_file():
+      with tempfile.NamedTemporaryFile(dir=cache, delete=False) as tmp:
+        try:
+          with urllib.request.urlopen(url, timeout=60) as r:
+            shutil.copyfileobj(r, tmp)
+        except OSError as err:
+          os.unlink(tmp.name)
+          raise OSError(f"downloading {url} failed: {err}; "
+                        f"put the file in {cache} by hand") from err
+      os.replace(tmp.name, dest)
+    files.append(dest)
+  return WeightFiles(kind, tuple(files))
+
+
+def build_model(name: str, num_classes: int = 1000, *, feature_mix: bool = True) -> nn.Module:
+  """The architecture only (no weights); MCU nets come from the shipped ``arch/*.json``."""
+  _check(name)
+  if name in MCU_NETS:
+    fm = MCU_NETS[name][1] if feature_mix else None
+    return mcunet.MCUNet(mcunet.spec_from_description(mcunet.load_arch(name), feature_mix=fm),
+                         num_classes)
+  if name == "mobilenetv2":
+    return mobilenetv2.mobilenetv2(num_classes)
+  return resnet.resnet(name, num_classes)
+
+
+def param_shapes(module: nn.Module) -> dict:
+  """``jax.ShapeDtypeStruct`` tree of ``module``'s parameters (nothing computed)."""
+  x = jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32)
+  return jax.eval_shape(lambda x: module.init(jax.random.key(0), x), x)["params"]
+
+
+def init_params(module: nn.Module, seed: int = 0) -> dict:
+  """Fresh parameters: kernels LeCun-normal (truncated at 2 sigma, fan-in = all but the last axis,
+  as the layers' default initialiser), biases zero.
+
+  Drawn with numpy: XLA on CPU compiles one random kernel per distinct shape (about 0.5 s each).
+  """
+  rng = np.random.default_rng(seed)
+
+  def draw(path, s):
+    if jax.tree_util.keystr(path[-1:], simple=True) != "kernel":
+      return jnp.zeros(s.shape, s.dtype)
+    z = rng.standard_normal(s.shape)
+    while (bad := np.abs(z) > 2).any():
+      z[bad] = rng.standard_normal(int(bad.sum()))
+    std = np.sqrt(1.0 / np.prod(s.shape[:-1])) / 0.87962566103423978
+    return jnp.asarray(z * std, s.dtype)
+
+  return jax.tree_util.tree_map_with_path(draw, param_shapes(module))
+
+
+def _load_mcu(name: str, found: WeightFiles, feature_mix: bool) -> tuple[mcunet.NetSpec, dict]:
+  if found.kind == "int8":
+    desc = weights.read_json(found.files[0])
+    fm = MCU_NETS[name][1] if feature_mix else None
+    spec = mcunet.spec_from_description(desc, feature_mix=fm)
+    return spec, weights.int8_params(mcunet.iter_entries(desc), weights.read_npz(found.files[1]))
+  cfg = weights.read_json(found.files[0])
+  spec = mcunet.spec_from_zoo_config(cfg)
+  sd = weights.normalise_keys(weights.load_state_dict(found.files[1]), mcunet.ZOO_RENAMES)
+  params = weights.convert_state_dict(sd, mcunet.zoo_key_map(spec),
+                                      eps=(cfg.get("bn") or {}).get("eps", 1e-5))
+  if not feature_mix and spec.feature_mix is not None:
+    spec = dataclasses.replace(spec, feature_mix=None)
+    params.pop("feature_mix")
+  return spec, params
+
+
+def convert_generic(name: str, state_dict: dict, num_classes: int = 1000,
+                    input_stats: Any = (weights.IMAGENET_MEAN, weights.IMAGENET_STD)):
+  """``(module, params)`` of a torchvision / timm ResNet or MobileNetV2 state dict (numpy arrays).
+
+  ``input_stats``: the checkpoint's input ``(mean, std)``, folded into the first conv so that the
+  model reads ``[-1, 1]`` inputs; None keeps the first conv as is.
+  """
+  if name == "mobilenetv2":
+    module, first = mobilenetv2.mobilenetv2(num_classes), "first_conv"
+    key_map = mobilenetv2.key_map(module.spec, state_dict)
+  else:
+    module, first = resnet.resnet(name, num_classes), "conv1"
+    key_map = resnet.torch_key_map(module)
+  params = weights.convert_state_dict(state_dict, key_map)
+  if input_stats is not None:
+    p = params[first]
+    p["kernel"], p["bias"] = weights.fold_input_norm(p["kernel"], p["bias"], *input_stats)
+  return module, params
+
+
+def load_model(name: str, num_classes: int = 1000, *, weights_dir: str | Path | None = None,
+               feature_mix: bool = True, pretrained: bool = True, source: str = "auto",
+               imagenet_head: bool = False, download: bool = False,
+               seed: int = 0) -> tuple[nn.Module, dict]:
+  """``(module, params)`` of a named model, pretrained unless ``pretrained=False``.
+
+  Args:
+    name: one of ``NAMES``.
+    num_classes: size of the fresh classifier head (ignored with ``imagenet_head``).
+    weights_dir: look for weights only there (see the module docstring for the default search).
+    feature_mix: include the final 1x1 feature-mix conv (mbv2-w0.35 112->448, proxyless-w0.3
+      96->384) the papers' memory totals count; the int8 weights lack it, so it is then freshly
+      initialised (with a warning).
+    source: ``'int8'``, ``'zoo'`` (fp32 MCUNet model zoo) or ``'auto'`` for the MCU nets.
+    imagenet_head: keep the pretrained 1000-way classifier instead of a fresh one.
+    download: fetch the public weights into the cache when none are found.
+    seed: PRNG seed of the fresh layers.
+  """
+  _check(name)
+  if not pretrained:
+    module = build_model(name, num_classes, feature_mix=feature_mix)
+    return module, init_params(module, seed)
+  found = find_weights(name, weights_dir, source)
+  if found is None:
+    if not download:
+      raise FileNotFoundError(
+          f"no weights for {name!r} in {[str(d) for d in search_dirs(weights_dir)]}; pass "
+          "download=True (or call trady_jax.models.registry.download_weights), set "
+          "TRADY_JAX_WEIGHTS, or use pretrained=False")
+    found = download_weights(name)
+  if name in MCU_NETS:
+    spec, loaded = _load_mcu(name, found, feature_mix)
+    if imagenet_head and spec.added_feature_mix:
+      c = spec.blocks[-1].pointwise2.out_channels
+      raise ValueError(f"the {name} ImageNet head reads the {c} block features; with "
+                       "imagenet_head=True pass feature_mix=False")
+    if spec.added_feature_mix:
+      warnings.warn(f"{name}: the {found.kind} weights have no feature-mix conv; 'feature_mix' "
+                    f"({spec.feature_mix.in_channels}->{spec.feature_mix.out_channels}) is freshly "
+                    "initialised", stacklevel=2)
+    module = mcunet.MCUNet(spec, spec.head_classes if imagenet_head else num_classes)
+  else:
+    module, loaded = convert_generic(name, weights.load_state_dict(found.files[0]))
+    module = module.replace(num_classes=1000 if imagenet_head else num_classes)
+  init = init_params(module, seed)
+  params = weights.merge_params(init, loaded, () if imagenet_head else ("classifier",))
+  weights.check_params(params, init, where=f"{name} weights from {found.files[-1]}")
+  return module, params
+
