@@ -19,8 +19,9 @@ from trady_jax.models.tiny import TinyCNN  # noqa: E402
 
 
 def load_model(arch: str, num_classes: int, *, pretrained: bool = True, weights_dir: str = "",
-               seed: int = 0, image_size: int = 128):
-  """``(module, params, pretrained_loaded)``: pretrained weights when found, else random, loudly."""
+               seed: int = 0, image_size: int = 128, download: bool = False):
+  """``(module, params, pretrained_loaded)``: pretrained weights when found (local copies first,
+  then, with ``download``, the public ones), else random weights, loudly."""
   if arch == "tiny":
     m = TinyCNN(num_classes=num_classes)
     return m, m.init(jax.random.key(seed), jnp.zeros((1, image_size, image_size, 3)))["params"], False
@@ -28,9 +29,10 @@ def load_model(arch: str, num_classes: int, *, pretrained: bool = True, weights_
     try:
       with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the fresh feature-mix conv is reported below
-        m, p = registry.load_model(arch, num_classes, weights_dir=weights_dir or None, seed=seed)
+        m, p = registry.load_model(arch, num_classes, weights_dir=weights_dir or None, seed=seed,
+                                   download=download)
       return m, p, True
-    except FileNotFoundError as e:
+    except (FileNotFoundError, OSError) as e:
       print(f"WARNING: {e}\nWARNING: continuing with randomly initialised weights", flush=True)
   m, p = registry.load_model(arch, num_classes, pretrained=False, seed=seed)
   return m, p, False
@@ -64,8 +66,9 @@ def open_data(cfg):
       train, test = data.cifar10_offline()
       where = "offline CIFAR-10 copy"
     else:
-      train = data.open_dataset(name, "train", **kwargs)
-      test = data.open_dataset(name, "test", **kwargs)
+      download = not cfg.offline and name in data.DATASETS
+      train = data.open_dataset(name, "train", download=download, **kwargs)
+      test = data.open_dataset(name, "test", download=download, **kwargs)
       where = type(train).__name__
   except data.DataUnavailableError as e:
     print(f"NOTE: {name} is not available here ({str(e).splitlines()[0]}).\n"
@@ -98,7 +101,7 @@ def make_run(cfg, workdir):
   train_src, test_src, num_classes, where = open_data(cfg)
   model, params, pretrained = load_model(cfg.arch, num_classes, pretrained=cfg.pretrained,
                                          weights_dir=cfg.weights_dir, seed=cfg.seed,
-                                         image_size=cfg.image_size)
+                                         image_size=cfg.image_size, download=not cfg.offline)
   costs = costs_lib.trace(model, (1, cfg.image_size, cfg.image_size, 3))
   strategy = strategies.get(cfg.strategy)
   doc = load_ranking(cfg.arch, cfg.ranking, costs) if strategy.needs_ranking else None

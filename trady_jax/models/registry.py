@@ -8,7 +8,7 @@ Weights are looked up, in order, in ``weights_dir`` (if given, only there), else
 of ``$TRADY_JAX_WEIGHTS`` (``os.pathsep``-separated), ``../shared/weights`` beside the current
 directory and beside the repository, and the cache ``$TRADY_JAX_CACHE`` or ``~/.cache/trady_jax``.
 For an MCU net a directory may hold the int8 files ``NAME.json + NAME.npz`` or the fp32 model-zoo
-files ``<zoo id>.json + <zoo id>.pth`` (need torch); ``download_weights(name)`` fetches the public
+files ``<zoo id>.json + <zoo id>.pth`` (read without torch); ``download_weights(name)`` fetches the public
 files into the cache (``load_model(..., download=True)`` calls it); nothing is downloaded unless
 asked.
 """
@@ -69,18 +69,11 @@ def search_dirs(weights_dir: str | Path | None = None) -> list[Path]:
   return list(dict.fromkeys(d.resolve() for d in dirs))
 
 
-def _have_torch() -> bool:
-  try:
-    import torch  # noqa: F401
-  except ImportError:
-    return False
-  return True
-
 
 def find_weights(name: str, weights_dir: str | Path | None = None,
                  source: str = "auto") -> WeightFiles | None:
   """The weight files of ``name``, or None. ``source``: ``'int8'``, ``'zoo'`` (fp32) or ``'auto'``
-  (fp32 zoo if torch is installed, else int8, else zoo)."""
+  (the fp32 zoo files the papers fine-tune, else int8)."""
   _check(name)
   if source not in ("auto", "int8", "zoo"):
     raise ValueError(f"source must be 'auto', 'int8' or 'zoo', got {source!r}")
@@ -98,7 +91,7 @@ def find_weights(name: str, weights_dir: str | Path | None = None,
         if f.is_file():
           return WeightFiles("state_dict", (f,))
   order = {"int8": ["int8"], "zoo": ["zoo"],
-           "auto": ["zoo", "int8"] if _have_torch() else ["int8", "zoo"]}[source]
+           "auto": ["zoo", "int8"]}[source]
   return next((found[k] for k in order if k in found), None)
 
 

@@ -20,6 +20,8 @@ from typing import Any, Iterable, Mapping, NamedTuple, Sequence
 import jax
 import numpy as np
 
+from trady_jax.models import torch_file
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -173,7 +175,7 @@ def convert_state_dict(state_dict: Mapping[str, Any], key_map: Mapping[str, Conv
 
 
 def load_state_dict(path: str | Path) -> dict[str, np.ndarray]:
-  """``.pth/.pt`` (needs torch), ``.safetensors`` (needs safetensors) or ``.npz`` -> numpy arrays.
+  """``.pth/.pt`` (read without torch), ``.safetensors`` (needs safetensors) or ``.npz`` -> numpy.
 
   A checkpoint dict holding ``'state_dict'`` or ``'model'`` is unwrapped.
   """
@@ -182,14 +184,16 @@ def load_state_dict(path: str | Path) -> dict[str, np.ndarray]:
     raise FileNotFoundError(f"state dict file not found: {path}")
   if path.suffix in (".pth", ".pt", ".bin"):
     try:
-      import torch
-    except ImportError as err:
-      raise ImportError(f"reading {path.name} needs PyTorch: "
-                        "pip install 'trady-jax[torch]'") from err
-    try:
-      sd = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises many types for corrupt or unsafe files
-      raise ValueError(f"{path} could not be read as a PyTorch checkpoint: {err}") from err
+      sd = torch_file.load(path)  # no PyTorch needed, and no code runs while loading
+    except ValueError as err:
+      try:
+        import torch
+      except ImportError:
+        raise err from None
+      try:
+        sd = torch.load(path, map_location="cpu", weights_only=True)
+      except Exception as terr:  # torch raises many types for corrupt or unsafe files
+        raise ValueError(f"{path} could not be read as a PyTorch checkpoint: {terr}") from terr
   elif path.suffix == ".safetensors":
     try:
       from safetensors.numpy import load_file
