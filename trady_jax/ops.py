@@ -18,14 +18,15 @@ and whose backward pass computes
 Channel indices are ordinary array arguments with a static length: new values never recompile.
 Static layer hyper-parameters (strides, padding, groups) are hashable ``nondiff_argnums``.
 
-``relu6`` is a ReLU6 whose backward keeps a 1-byte mask instead of a float copy of its input,
-which matters on the frozen part of the gradient path.
+``relu6`` / ``relu`` keep a bit-packed mask (1 bit per element) for their backward instead of a
+float copy of their input (32 bits), which matters on the frozen part of the gradient path.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -155,31 +156,62 @@ def _selective_dense_bwd(residuals, g):
 selective_dense.defvjp(_selective_dense_fwd, _selective_dense_bwd)
 
 
-@jax.custom_vjp
+def _pack(mask: jax.Array) -> jax.Array:
+  """Bit-pack a boolean mask along the channel axis: 1 bit per element (uint8, C/8 bytes)."""
+  return jnp.packbits(mask, axis=-1)
+
+
+def _unpack(packed: jax.Array, channels: int) -> jax.Array:
+  return jnp.unpackbits(packed, axis=-1, count=channels).astype(bool)
+
+
+_PACKED_MASKS = [True]
+
+
+@contextlib.contextmanager
+def plain_activations() -> Iterator[None]:
+  """Within this context (at trace time), ``relu6`` / ``relu`` use plain autodiff, which saves a
+  float copy of their input: what an ordinary Flax model does. For like-for-like benchmarks."""
+  _PACKED_MASKS.append(False)
+  try:
+    yield
+  finally:
+    _PACKED_MASKS.pop()
+
+
 def relu6(x: jax.Array) -> jax.Array:
-  """``clip(x, 0, 6)`` whose backward keeps a boolean mask (1 byte/element) instead of ``x``."""
+  """``clip(x, 0, 6)``; its backward keeps a bit-packed mask (1 bit/element) instead of ``x``."""
+  return _relu6(x) if _PACKED_MASKS[-1] else jnp.clip(x, 0, 6)
+
+
+def relu(x: jax.Array) -> jax.Array:
+  """``max(x, 0)``; its backward keeps a bit-packed mask instead of ``x``."""
+  return _relu(x) if _PACKED_MASKS[-1] else jnp.maximum(x, 0)
+
+
+@jax.custom_vjp
+def _relu6(x):
   return jnp.clip(x, 0, 6)
 
 
 def _relu6_fwd(x):
-  return jnp.clip(x, 0, 6), (x > 0) & (x < 6)
+  return jnp.clip(x, 0, 6), _pack((x > 0) & (x < 6))
 
 
-def _relu6_bwd(mask, g):
-  return (jnp.where(mask, g, jnp.zeros_like(g)),)
+def _mask_bwd(packed, g):
+  return (jnp.where(_unpack(packed, g.shape[-1]), g, jnp.zeros_like(g)),)
 
 
-relu6.defvjp(_relu6_fwd, _relu6_bwd)
+_relu6.defvjp(_relu6_fwd, _mask_bwd)
 
 
 @jax.custom_vjp
-def relu(x: jax.Array) -> jax.Array:
-  """``max(x, 0)`` whose backward keeps a boolean mask instead of ``x``."""
+def _relu(x):
   return jnp.maximum(x, 0)
 
 
 def _relu_fwd(x):
-  return jnp.maximum(x, 0), x > 0
+  return jnp.maximum(x, 0), _pack(x > 0)
 
 
-relu.defvjp(_relu_fwd, _relu6_bwd)
+_relu.defvjp(_relu_fwd, _mask_bwd)
