@@ -104,3 +104,14 @@ def test_mask_activations_match_autodiff(fn, ref):
   np.testing.assert_array_equal(fn(x), ref(x))
   np.testing.assert_array_equal(jax.grad(lambda x: jnp.sum(fn(x) * x))(x),
                                 jax.grad(lambda x: jnp.sum(ref(x) * x))(x))
+
+
+def test_relu_masks_are_bit_packed_and_plain_mode_saves_floats():
+  x = jax.random.normal(jax.random.key(0), (2, 4, 4, 16)) * 4
+  res = jax.tree.leaves(jax.vjp(ops.relu6, x)[1])
+  assert [(r.dtype, r.shape) for r in res] == [(jnp.uint8, (2, 4, 4, 2))]  # 16 channels -> 2 bytes
+  with ops.plain_activations():
+    g_plain = jax.grad(lambda x: jnp.sum(ops.relu6(x) ** 2))(x)
+    res_plain = jax.tree.leaves(jax.vjp(ops.relu6, x)[1])
+  assert all(r.dtype != jnp.uint8 for r in res_plain)
+  np.testing.assert_array_equal(jax.grad(lambda x: jnp.sum(ops.relu6(x) ** 2))(x), g_plain)
