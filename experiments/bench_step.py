@@ -17,8 +17,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import statistics
-import time
 
 import common  # noqa: F401  (sys.path set-up)
 import jax
@@ -31,17 +29,6 @@ from trady_jax import ops, parallel, ranking, samplers, sparse_update, steps, xl
 from trady_jax import selection as sel
 
 MiB = 2**20
-
-
-def _median_time(fn, args, repeats: int, warmup: int = 2) -> float:
-  for _ in range(warmup):
-    jax.block_until_ready(fn(*args))
-  times = []
-  for _ in range(repeats):
-    t = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    times.append(time.perf_counter() - t)
-  return statistics.median(times)
 
 
 def residual_bytes(loss, params) -> dict[str, int]:
@@ -134,7 +121,7 @@ def main(argv=None):
       stats = xla.compiled_stats(jitted, *call_args)
       jax.block_until_ready(jitted(*call_args))  # compile inside the context
     entry = {"temp_bytes": stats["temp_bytes"], "flops": stats["flops"],
-             "step_s": _median_time(jitted, call_args, args.repeats)}
+             "step_s": xla.median_time(jitted, *call_args, repeats=args.repeats, warmup=2)}
     if s is not None:
       for other in variants[1:]:
         jax.block_until_ready(jitted(params, tx.init(params), other, batch))

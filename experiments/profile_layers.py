@@ -13,26 +13,14 @@ from __future__ import annotations
 import argparse
 import collections
 import json
-import statistics
-import time
 
 import common  # noqa: F401
 import jax
 import jax.numpy as jnp
 
 from trady_jax import costs as costs_lib
-from trady_jax import ops
+from trady_jax import ops, xla
 from trady_jax.layers import explicit_padding
-
-
-def _time(fn, *args, repeats=5):
-  jax.block_until_ready(fn(*args))
-  ts = []
-  for _ in range(repeats):
-    t = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    ts.append(time.perf_counter() - t)
-  return statistics.median(ts)
 
 
 def main(argv=None):
@@ -60,9 +48,9 @@ def main(argv=None):
     c = by_kind[l.kind]
     c["layers"] += 1
     c["macs"] += l.macs * l.in_channels * args.batch
-    c["forward_s"] += _time(fwd, x, w)
-    c["input_grad_s"] += _time(dx, w, y)
-    c["weight_grad_s"] += _time(dw, x, y)
+    c["forward_s"] += xla.median_time(fwd, x, w)
+    c["input_grad_s"] += xla.median_time(dx, w, y)
+    c["weight_grad_s"] += xla.median_time(dw, x, y)
   total = sum(c["forward_s"] + c["input_grad_s"] + c["weight_grad_s"] for c in by_kind.values())
   print(f"{args.arch}, batch {args.batch}, {args.image_size}x{args.image_size}: seconds per step "
         "(median of 5) summed over layers")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import statistics
+import time
 from typing import Any, Callable
 
 
@@ -25,3 +27,16 @@ def compiled_stats(fn: Callable, *args, **kwargs) -> dict[str, Any]:
           "argument_bytes": int(mem.argument_size_in_bytes),
           "output_bytes": int(mem.output_size_in_bytes),
           "flops": float((cost or {}).get("flops", float("nan")))}
+
+
+def median_time(fn: Callable, *args, repeats: int = 5, warmup: int = 1) -> float:
+  """Median wall time of ``fn(*args)`` (blocked until ready) over ``repeats`` calls after warm-up."""
+  import jax
+  for _ in range(warmup):
+    jax.block_until_ready(fn(*args))
+  times = []
+  for _ in range(repeats):
+    t = time.perf_counter()
+    jax.block_until_ready(fn(*args))
+    times.append(time.perf_counter() - t)
+  return statistics.median(times)
