@@ -63,10 +63,17 @@ def test_layers_give_selected_grads_equal_dense_and_freeze_the_rest(tiny):
   assert np.any(np.asarray(g["classifier"]["kernel"]))
 
 
-def test_build_rejects_unknown_layers(tiny):
+def test_build_rejects_unknown_layers_and_bad_indices(tiny):
   _, params, c = tiny
   with pytest.raises(KeyError, match="selectable kernels are"):
     sel.build(params, {"blocks_9/kernel": c["first_conv/kernel"].channels([0])})
+  dw = c["blocks_0_depthwise/kernel"]
+  with pytest.raises(ValueError, match=r"lie in \[0, 24\)"):
+    sel.build(params, {dw.path: dw.channels([3, 24])})
+  with pytest.raises(ValueError, match="distinct"):
+    sel.build(params, {dw.path: dw.channels([3, 3])})
+  with pytest.raises(ValueError, match="no input-channel axis"):
+    sel.build(params, {"blocks_0_depthwise/bias": dw.channels([1])})
 
 
 def _changing_selections(params, c, n=3):

@@ -101,13 +101,30 @@ def build(params: PyTree, channels: Mapping[str, Channels], *,
     raise KeyError(f"unknown layer(s) {unknown}; selectable kernels are: {kernels}")
   patterns = [re.compile(t) for t in trainable]
 
-  def leaf(path, _):
+  def leaf(path, param):
     p = path_str(path)
     if p in channels:
+      _check_channels(p, channels[p], np.shape(param))
       return channels[p]
     return ALL if any(r.search(p) for r in patterns) else FROZEN
 
   return jax.tree_util.tree_map_with_path(leaf, params)
+
+
+def _check_channels(path: str, c: Channels, shape: Sequence[int]) -> None:
+  """Clear errors for indices that do not fit the kernel (checked when they are concrete)."""
+  if len(shape) < 2 or shape[c.axis] % c.multiplier:
+    raise ValueError(f"{path}: a kernel of shape {tuple(shape)} has no input-channel axis "
+                     f"{c.axis} with multiplier {c.multiplier}")
+  if c.idx.ndim != 1:
+    raise ValueError(f"{path}: channel indices must be 1-D, got shape {c.idx.shape}")
+  if isinstance(c.idx, jax.core.Tracer):
+    return
+  n, idx = shape[c.axis] // c.multiplier, np.asarray(c.idx)
+  if idx.size and (idx.min() < 0 or idx.max() >= n):
+    raise ValueError(f"{path}: channel indices must lie in [0, {n}), got {idx.min()}..{idx.max()}")
+  if len(np.unique(idx)) != idx.size:
+    raise ValueError(f"{path}: channel indices must be distinct")
 
 
 def counts(selection: PyTree) -> dict[str, int]:
