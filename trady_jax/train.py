@@ -110,7 +110,6 @@ class Run:
       parallel.check_batch(cfg.batch_size, self.mesh)
       self.train_step = parallel.jit_train_step(train_step, self.mesh, donate_argnums=(0, 1))
       self.eval_step = parallel.jit_eval_step(steps.make_eval_step(model), self.mesh)
-    self.signatures: set = set()
     self._epoch = 0
 
   def _place(self, tree):
@@ -156,7 +155,6 @@ class Run:
     selection = None
     start = 0
     metrics_path = self.workdir / "metrics.jsonl"
-    probe = self.selector.select(self.sampler_key, 0, params, sampler_state)
     restored = ckpt.restore(self._state(params, opt_state, sampler_state))
     if restored is not None:
       start, state, meta = restored
@@ -177,11 +175,8 @@ class Run:
     for epoch in range(start, total_epochs):
       self._epoch = epoch
       if epoch == 0 or self.strategy.dynamic:
-        selection = probe if epoch == 0 and restored is None else self.selector.select(
-            self.sampler_key, epoch, params, sampler_state)
+        selection = self.selector.select(self.sampler_key, epoch, params, sampler_state)
       usage = strategies.selection_summary(selection, self.costs)
-      if selection is not None:
-        self.signatures.add(tuple(sorted(sel.counts(selection).items())))
       params, opt_state, train_metrics, norms = self._train_epoch(
           epoch, params, opt_state, selection, usage)
       sampler_state = self.selector.observe(sampler_state, norms, selection)
