@@ -40,7 +40,7 @@ class Config:
                                     # False = the papers' variable fill rule (recompiles)
   oracle_batches: int = 4           # batches of full gradient for Det RGN / Prob Raw selections
   # --- optimisation (method-spec 10) ---
-  epochs: int = 5                   # training epochs after warm-up; 0 = the papers' per dataset
+  epochs: int = 0                   # training epochs after warm-up; 0 = the papers' per dataset
   warmup_epochs: int = 5            # linear warm-up from 0 to lr, counted on top of `epochs`
   lr: float = 0.125                 # peak learning rate (SGD, no momentum, no weight decay)
   seed: int = 0                     # the papers use 0, 42, 100
