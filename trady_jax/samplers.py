@@ -163,10 +163,15 @@ class Sampler:
     return self._build(idx)
 
 
+def _candidates(costs: NetworkCosts, paths: Sequence[str] | None) -> tuple[LayerCost, ...]:
+  """The layers named by ``paths`` (unknown names are a clear error), or every conv layer."""
+  return tuple(costs[p] for p in paths) if paths is not None else costs.convs
+
+
 def uniform(template: PyTree, costs: NetworkCosts, budget: int,
             paths: Sequence[str] | None = None, *, fixed_counts: bool = True, **kw) -> Sampler:
   """Uniform sampling within ``paths`` (default: all conv layers): TraDy / Full Random."""
-  layers = tuple(costs[p] for p in paths) if paths is not None else costs.convs
+  layers = _candidates(costs, paths)
   counts = uniform_counts(layers, budget) if fixed_counts else None
   return Sampler(template, layers, budget, "uniform", counts, **kw)
 
@@ -179,7 +184,7 @@ def weighted(template: PyTree, costs: NetworkCosts, budget: int,
   the weights only decide which channels inside each layer; ``fixed_counts=False`` lets the weights
   move channels across layers, as in the paper.
   """
-  layers = tuple(costs[p] for p in paths) if paths is not None else costs.convs
+  layers = _candidates(costs, paths)
   counts = uniform_counts(layers, budget) if fixed_counts else None
   return Sampler(template, layers, budget, "weighted", counts, **kw)
 
@@ -187,7 +192,7 @@ def weighted(template: PyTree, costs: NetworkCosts, budget: int,
 def deterministic(template: PyTree, costs: NetworkCosts, budget: int,
                   paths: Sequence[str] | None = None, **kw) -> Sampler:
   """Highest weights first until the budget is met (S-/D-Det RGN with RGN weights, Det Raw)."""
-  layers = tuple(costs[p] for p in paths) if paths is not None else costs.convs
+  layers = _candidates(costs, paths)
   return Sampler(template, layers, budget, "deterministic", None, **kw)
 
 
