@@ -16,7 +16,6 @@ from pathlib import Path
 
 import common
 import jax
-import jax.numpy as jnp
 import optax
 from tqdm.auto import tqdm
 
@@ -54,9 +53,7 @@ def main(argv=None):
               disable=not cfg.progress)
   for _, batch in bar:
     params, opt_state, m = step(params, opt_state, None, batch)
-    n = m["channel_norms"]
-    state = {"channel": {p: state["channel"][p] + n[p] for p in paths},
-             "layer": {p: state["layer"][p] + jnp.sqrt(jnp.sum(n[p] ** 2)) for p in paths}}
+    state = ranking.accumulate_norms(state, m["channel_norms"])
     bar.set_postfix(loss=f"{float(m['loss']):.3f}")
   out = Path(args.out) if args.out else rankings.default_path(cfg.arch)
   ranking.save(out, state, c, arch=cfg.arch, steps=args.steps, data=where,

@@ -56,7 +56,11 @@ def init(costs: NetworkCosts) -> dict[str, dict[str, jax.Array]]:
 
 def accumulate(state: dict, grads: PyTree, costs: NetworkCosts) -> dict:
   """Add one step's channel norms (Eq. 6) and layer Frobenius norms to the accumulator (pure)."""
-  norms = channel_norms(grads, costs, list(state["channel"]))
+  return accumulate_norms(state, channel_norms(grads, costs, list(state["channel"])))
+
+
+def accumulate_norms(state: dict, norms: Mapping[str, jax.Array]) -> dict:
+  """``accumulate`` from one step's per-channel norms; a layer's norm is their root sum of squares."""
   return {"channel": {p: state["channel"][p] + n for p, n in norms.items()},
           "layer": {p: state["layer"][p] + jnp.sqrt(jnp.sum(n * n)) for p, n in norms.items()}}
 

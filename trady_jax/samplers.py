@@ -132,10 +132,10 @@ class Sampler:
     """True when selections have static shapes (fixed counts)."""
     return self.counts is not None
 
-  def split(self, flat: jax.Array) -> list[jax.Array]:
-    """Split a flat per-channel vector over the pool into per-layer pieces."""
+  def split(self, flat):
+    """Split a flat per-channel vector over the pool (jax or numpy) into per-layer pieces."""
     bounds = np.cumsum([l.in_channels for l in self.layers])[:-1]
-    return jnp.split(flat, bounds)
+    return (np.split if isinstance(flat, np.ndarray) else jnp.split)(flat, bounds)
 
   def _build(self, idx_by_path: Mapping[str, Any]) -> PyTree:
     chans = {l.path: l.channels(idx_by_path[l.path]) for l in self.layers if l.path in idx_by_path}
@@ -158,8 +158,7 @@ class Sampler:
                             for l in self.layers])
     mask = np.asarray(jax.jit(fill_rule, static_argnums=2)(scores, cost, self.budget))
     idx = {l.path: np.flatnonzero(m).astype(np.int32)
-           for l, m in zip(self.layers, np.split(mask, np.cumsum(
-               [l.in_channels for l in self.layers])[:-1])) if m.any()}
+           for l, m in zip(self.layers, self.split(mask)) if m.any()}
     return self._build(idx)
 
 

@@ -144,7 +144,11 @@ def mask_tree(selection: PyTree, params: PyTree) -> PyTree:
   return map_selection(leaf, selection, params)
 
 
-def as_numpy(selection: PyTree) -> dict[str, np.ndarray]:
-  """``{path: sorted indices}`` on the host, for logging, checkpoints and comparisons."""
+def as_numpy(selection: PyTree | None, *, sort: bool = True) -> dict[str, np.ndarray]:
+  """``{path: indices}`` on the host (sorted unless ``sort=False``, which keeps the draw order
+  for checkpoints), for logging and comparisons; ``{}`` for ``None`` (full fine-tuning)."""
+  if selection is None:
+    return {}
   flat = jax.tree_util.tree_flatten_with_path(selection, is_leaf=is_marker)[0]
-  return {path_str(p): np.sort(np.asarray(s.idx)) for p, s in flat if isinstance(s, Channels)}
+  order = np.sort if sort else np.asarray
+  return {path_str(p): order(np.asarray(s.idx)) for p, s in flat if isinstance(s, Channels)}

@@ -41,14 +41,6 @@ def _selection_from_indices(indices: Mapping[str, np.ndarray], params: PyTree,
   return sel.build(params, {p: costs[p].channels(i) for p, i in indices.items()})
 
 
-def _indices(selection: PyTree | None) -> dict[str, np.ndarray]:
-  """Raw (unsorted) index arrays of a selection, as stored in checkpoints."""
-  if selection is None:
-    return {}
-  flat = jax.tree_util.tree_flatten_with_path(selection, is_leaf=sel.is_marker)[0]
-  return {sel.path_str(p): np.asarray(s.idx) for p, s in flat if isinstance(s, sel.Channels)}
-
-
 def _oracle(model, costs: NetworkCosts, batches: Callable[[], list]) -> Callable:
   """Full-gradient channel norms (Eq. 6) summed over a few batches: Det RGN / Prob Raw."""
 
@@ -187,7 +179,8 @@ class Run:
         record.update(self.evaluate(params))
       ckpt.save(epoch + 1, self._state(params, opt_state, sampler_state),
                 {"metrics": record,
-                 "selection": {p: i.tolist() for p, i in _indices(selection).items()}})
+                 "selection": {p: i.tolist()
+                               for p, i in sel.as_numpy(selection, sort=False).items()}})
       with metrics_path.open("a") as f:
         f.write(json.dumps(record) + "\n")
       if on_epoch_end is not None:
