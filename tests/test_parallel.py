@@ -39,6 +39,21 @@ SCRIPT = textwrap.dedent(r"""
     stats = xla.compiled_stats(f, p, o, s, parallel.shard_batch(batches[0], mesh))
     out[n] = {"sels": sels, "params": [np.asarray(x).ravel().tolist() for x in jax.tree.leaves(p)],
               "temp": stats["temp_bytes"], "shards": len(p["classifier"]["kernel"].sharding.device_set)}
+  # A chunked frozen prefix (mbv2, trained layers from stage 5 up) on 1 and 4 devices.
+  from trady_jax.models import registry
+  net2 = registry.build_model("mbv2-w0.35", 4)
+  q0 = net2.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))["params"]
+  c2 = costs.trace(net2, (1, 32, 32, 3))
+  pool = [l.path for l in c2.convs if net2.stage_of(l.path) >= 5]
+  s2 = samplers.uniform(q0, c2, 2000, pool).sample(jax.random.key(2))
+  step2 = steps.make_train_step(net2, tx, prefix_chunks=4)
+  for n in (1, 4):
+    mesh = parallel.mesh(jax.devices()[:n])
+    rep = lambda t: parallel.replicate(t, mesh)
+    q, _, _ = parallel.jit_train_step(step2, mesh)(rep(q0), rep(tx.init(q0)), rep(s2),
+                                                    parallel.shard_batch(batches[0], mesh))
+    out[f"prefix{n}"] = [(np.asarray(a) - np.asarray(b)).ravel().tolist()
+                         for a, b in zip(jax.tree.leaves(q), jax.tree.leaves(q0))]
   print("RESULT " + json.dumps(out))
 """)
 
@@ -57,3 +72,8 @@ def test_four_devices_match_one_device():
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
   assert four["shards"] == 4
   assert four["temp"] < one["temp"], (four["temp"], one["temp"])
+  moved = 0
+  for a, b in zip(out["prefix1"], out["prefix4"]):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+    moved += int(np.any(np.asarray(a) != 0))
+  assert moved > 1

@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from trady_jax import ranking
+from trady_jax import prefix, ranking
 from trady_jax.costs import NetworkCosts
 
 PyTree = Any
@@ -23,7 +23,8 @@ def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
 def make_train_step(model: nn.Module, tx: optax.GradientTransformation, *,
                     costs: NetworkCosts | None = None,
                     norm_paths: Sequence[str] = (),
-                    loss_fn: Callable = cross_entropy) -> Callable:
+                    loss_fn: Callable = cross_entropy,
+                    prefix_chunks: int = 8) -> Callable:
   """``step(params, opt_state, selection, batch) -> (params, opt_state, metrics)``.
 
   ``selection=None`` trains every parameter with plain autodiff (full fine-tuning). Otherwise the
@@ -31,6 +32,8 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, *,
   and ``tx`` (which should contain ``sparse_update``) receives it as an extra argument.
   ``norm_paths`` (with ``costs``): layers whose per-channel gradient norms (Eq. 6) are returned in
   ``metrics['channel_norms']``, for rankings and MeDyate.
+  ``prefix_chunks``: the stages below the shallowest trained layer run in this many batch chunks
+  (``prefix.apply``; same result, a smaller forward working set); 1 turns it off.
   """
 
   def step(params, opt_state, selection, batch):
@@ -38,7 +41,7 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, *,
         lambda p: {"params": p, "selection": selection})
 
     def loss(p):
-      logits = model.apply(variables(p), batch["image"])
+      logits = prefix.apply(model, variables(p), batch["image"], chunks=prefix_chunks)
       return loss_fn(logits, batch["label"]), logits
 
     (value, logits), grads = jax.value_and_grad(loss, has_aux=True)(params)

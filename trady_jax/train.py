@@ -92,7 +92,8 @@ class Run:
         fixed_counts=cfg.fixed_counts, oracle=oracle)
     track = self.strategy.rule == "medyate"
     train_step = steps.make_train_step(model, self.tx, costs=self.costs,
-                                       norm_paths=self.selector.layers if track else ())
+                                       norm_paths=self.selector.layers if track else (),
+                                       prefix_chunks=cfg.prefix_chunks)
     # Data parallel over all devices when there are several (batch sharded, rest replicated).
     self.mesh = parallel.mesh() if jax.device_count() > 1 else None
     if self.mesh is None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
@@ -117,22 +118,44 @@ class MCUNet(nn.Module):
 
   Inputs are NHWC floats normalised with mean = std = 0.5 (range [-1, 1]).
   ``__call__(x, pooled=True)`` returns the pooled features instead of the logits.
+
+  Stages, for running part of the network (``prefix.apply``): stage 0 is ``first_conv``, stage
+  ``i + 1`` is ``blocks_i`` and the last stage, ``len(blocks) + 1``, is the head (feature_mix,
+  pool, classifier). ``__call__(x, start=i, stop=j)`` runs stages ``[i, j)`` only: ``x`` is then
+  the feature map entering stage ``i``, and the result the one leaving stage ``j - 1``.
   """
   spec: NetSpec
   num_classes: int = 1000
 
   @nn.compact
-  def __call__(self, x: jax.Array, pooled: bool = False) -> jax.Array:
+  def __call__(self, x: jax.Array, pooled: bool = False, *, start: int = 0,
+               stop: int | None = None) -> jax.Array:
     s = self.spec
-    x = _conv(s.first_conv, "first_conv", x)
-    for i, b in enumerate(s.blocks):
-      x = InvertedResidual(b, name=f"blocks_{i}")(x)
+    head = len(s.blocks) + 1
+    stop = head + 1 if stop is None else stop
+    if not 0 <= start < stop <= head + 1:
+      raise ValueError(f"stages [{start}, {stop}) out of range: the net has stages 0..{head}")
+    if start == 0:
+      x = _conv(s.first_conv, "first_conv", x)
+    for i in range(max(start, 1) - 1, min(stop, head) - 1):
+      x = InvertedResidual(s.blocks[i], name=f"blocks_{i}")(x)
+    if stop <= head:
+      return x
     if s.feature_mix is not None:
       x = _conv(s.feature_mix, "feature_mix", x)
     x = layers.global_avg_pool(x)
     if pooled:
       return x
     return layers.SelectiveDense(self.num_classes, name="classifier")(x)
+
+  @nn.nowrap
+  def stage_of(self, path: str) -> int:
+    """The stage of a parameter path (``'blocks_3/depthwise/kernel'`` -> 4)."""
+    top = path.split("/", 1)[0]
+    if top == "first_conv":
+      return 0
+    m = re.fullmatch(r"blocks_(\d+)", top)
+    return int(m.group(1)) + 1 if m else len(self.spec.blocks) + 1
 
 
 # ----------------------------------------------------------------------------------------------
