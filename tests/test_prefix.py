@@ -14,14 +14,23 @@ from trady_jax.models.tiny import TinyCNN
 SIZE, BATCH = 64, 8
 
 
-@pytest.fixture(scope="module")
-def net():
-  model = registry.build_model("mbv2-w0.35", 10)
+def build(name):
+  model = registry.build_model(name, 10)
   params = model.init(jax.random.key(0), jnp.zeros((1, SIZE, SIZE, 3)))["params"]
   rng = np.random.default_rng(0)
   batch = {"image": jnp.asarray(rng.uniform(-1, 1, (BATCH, SIZE, SIZE, 3)), jnp.float32),
            "label": jnp.asarray(rng.integers(0, 10, BATCH), jnp.int32)}
   return model, params, costs.trace(model, (1, SIZE, SIZE, 3)), batch
+
+
+@pytest.fixture(scope="module")
+def net():
+  return build("mbv2-w0.35")
+
+
+@pytest.fixture(scope="module", params=["mbv2-w0.35", "resnet18"])
+def any_net(request):
+  return build(request.param)
 
 
 def select_from(model, params, c, first_stage, budget=3000, key=0):
@@ -30,11 +39,13 @@ def select_from(model, params, c, first_stage, budget=3000, key=0):
   return samplers.uniform(params, c, budget, pool).sample(jax.random.key(key))
 
 
-def test_stages_compose_to_the_whole_net(net):
-  model, params, _, batch = net
+def test_stages_compose_to_the_whole_net(any_net):
+  model, params, c, batch = any_net
   x, v = batch["image"], {"params": params}
   whole = model.apply(v, x)
-  head = len(model.spec.blocks) + 1
+  head = model.stage_of("classifier/kernel")
+  assert [model.stage_of(l.path) for l in c.layers] == sorted(model.stage_of(l.path)
+                                                               for l in c.layers)
   for k in (1, 4, head):
     h = model.apply(v, x, stop=k)
     np.testing.assert_allclose(model.apply(v, h, start=k), whole, rtol=1e-5, atol=1e-5)

@@ -7,7 +7,7 @@ selective step (mbv2-w0.35, batch 32: 30 MiB, against 8.7 MiB for everything the
 keeps). Run over ``chunks`` slices of the batch in a ``fori_loop``, it shrinks about ``chunks``-fold,
 and the function computed is unchanged: the layers act per example (BatchNorm is folded).
 
-A model opts in with two methods (``models.MCUNet`` has them):
+A model opts in with two methods (``MCUNet``, hence MobileNetV2, and ``ResNet`` have them):
 
 * ``model.stage_of(path) -> int``: the stage, in forward order, of a parameter path;
 * ``model.apply(variables, x, start=i, stop=j)``: stages ``[i, j)`` only.
@@ -27,6 +27,20 @@ import optax
 from trady_jax import selection as sel
 
 PyTree = Any
+
+
+def stage_plan(start: int, stop: int | None, blocks: int) -> tuple[bool, range, bool]:
+  """What ``model(x, start=start, stop=stop)`` runs, for a net of stem (stage 0), ``blocks``
+  blocks (stages ``1..blocks``) and head (stage ``blocks + 1``): ``(stem?, block indices, head?)``.
+
+  Raises:
+    ValueError: ``[start, stop)`` is empty or outside ``0..blocks + 1``.
+  """
+  head = blocks + 1
+  stop = head + 1 if stop is None else stop
+  if not 0 <= start < stop <= head + 1:
+    raise ValueError(f"stages [{start}, {stop}) out of range: the net has stages 0..{head}")
+  return start == 0, range(max(start, 1) - 1, min(stop, head) - 1), stop > head
 
 
 def frozen_stages(model: nn.Module, selection: PyTree | None) -> int:

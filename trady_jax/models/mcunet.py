@@ -26,7 +26,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from trady_jax import layers, ops
+from trady_jax import layers, ops, prefix
 
 ARCH_DIR = Path(__file__).with_name("arch")
 ACTIVATIONS = {"relu6": ops.relu6, "relu": ops.relu, None: lambda x: x}
@@ -131,15 +131,12 @@ class MCUNet(nn.Module):
   def __call__(self, x: jax.Array, pooled: bool = False, *, start: int = 0,
                stop: int | None = None) -> jax.Array:
     s = self.spec
-    head = len(s.blocks) + 1
-    stop = head + 1 if stop is None else stop
-    if not 0 <= start < stop <= head + 1:
-      raise ValueError(f"stages [{start}, {stop}) out of range: the net has stages 0..{head}")
-    if start == 0:
+    stem, blocks, head = prefix.stage_plan(start, stop, len(s.blocks))
+    if stem:
       x = _conv(s.first_conv, "first_conv", x)
-    for i in range(max(start, 1) - 1, min(stop, head) - 1):
+    for i in blocks:
       x = InvertedResidual(s.blocks[i], name=f"blocks_{i}")(x)
-    if stop <= head:
+    if not head:
       return x
     if s.feature_mix is not None:
       x = _conv(s.feature_mix, "feature_mix", x)

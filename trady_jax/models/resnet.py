@@ -12,7 +12,7 @@ from __future__ import annotations
 import flax.linen as nn
 import jax
 
-from trady_jax import layers, ops
+from trady_jax import layers, ops, prefix
 from trady_jax.models.weights import ConvKeys, DenseKeys
 
 STAGES = {"resnet18": ((2, 2, 2, 2), False), "resnet34": ((3, 4, 6, 3), False),
@@ -49,24 +49,48 @@ class ResNet(nn.Module):
 
   Inputs are NHWC in [-1, 1] (mean = std = 0.5); ImageNet-normalised checkpoints are adapted by
   folding the input normalisation into ``conv1`` (``weights.fold_input_norm``).
+
+  Stages (``prefix.apply``): 0 is the stem (``conv1`` + max pool), then one per residual block in
+  order (``layer1_0`` is stage 1), then the head (pool, classifier); ``start`` / ``stop`` as in
+  ``MCUNet``.
   """
   stage_sizes: tuple[int, ...]
   bottleneck: bool = False
   num_classes: int = 1000
   width: int = 64
 
+  @nn.nowrap
+  def block_names(self) -> list[tuple[str, int, int]]:
+    """``(name, stage s, block b)`` of the residual blocks in forward order."""
+    return [(f"layer{s + 1}_{b}", s, b) for s, n in enumerate(self.stage_sizes) for b in range(n)]
+
   @nn.compact
-  def __call__(self, x: jax.Array, pooled: bool = False) -> jax.Array:
-    x = ops.relu(_conv(self.width, 7, 2, "conv1")(x))
-    x = nn.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)))
-    for s, n in enumerate(self.stage_sizes):
-      for b in range(n):
-        x = ResBlock(self.width * 2**s, 2 if (b == 0 and s > 0) else 1, self.bottleneck,
-                     name=f"layer{s + 1}_{b}")(x)
+  def __call__(self, x: jax.Array, pooled: bool = False, *, start: int = 0,
+               stop: int | None = None) -> jax.Array:
+    names = self.block_names()
+    stem, blocks, head = prefix.stage_plan(start, stop, len(names))
+    if stem:
+      x = ops.relu(_conv(self.width, 7, 2, "conv1")(x))
+      x = nn.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)))
+    for i in blocks:
+      name, s, b = names[i]
+      x = ResBlock(self.width * 2**s, 2 if (b == 0 and s > 0) else 1, self.bottleneck,
+                   name=name)(x)
+    if not head:
+      return x
     x = layers.global_avg_pool(x)
     if pooled:
       return x
     return layers.SelectiveDense(self.num_classes, name="classifier")(x)
+
+  @nn.nowrap
+  def stage_of(self, path: str) -> int:
+    """The stage of a parameter path (``'layer1_0/conv2/kernel'`` -> 1)."""
+    top = path.split("/", 1)[0]
+    if top == "conv1":
+      return 0
+    order = {name: i + 1 for i, (name, _, _) in enumerate(self.block_names())}
+    return order.get(top, len(order) + 1)
 
 
 def resnet(name: str, num_classes: int = 1000) -> ResNet:
