@@ -116,7 +116,7 @@ def main(argv=None):
     batch = parallel.shard_batch(batch, mesh)
     params = parallel.replicate(params, mesh)
     selections = [parallel.replicate(s, mesh) for s in selections]
-  per_device_batch = args.batch // (mesh.size if mesh is not None else 1)
+  per_device = args.batch // (mesh.size if mesh is not None else 1)
   report = {"arch": args.arch, "budget": args.budget, "batch": args.batch,
             "devices": jax.device_count(), "pretrained": pretrained, "topk_layers": len(pool)}
   masks = [as_masks(s) for s in selections]
@@ -153,7 +153,6 @@ def main(argv=None):
   counts = sel.counts(selections[0])
   usage = costs.usage(counts)
   path = gradient_path(counts, costs)
-  per_device = per_device_batch
   act_bytes = usage["activations"] * per_device * 4
   local = {k: v[:per_device] for k, v in host_batch.items()}  # one device's share of the batch
   loss = lambda p: steps.cross_entropy(
