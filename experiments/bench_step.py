@@ -158,7 +158,7 @@ def main(argv=None):
   loss = lambda p: steps.cross_entropy(
       model.apply({"params": p, "selection": selections[0]}, local["image"]), local["label"])
   res = residual_bytes(loss, params)
-  eval_step = steps.make_eval_step(model)
+  eval_step = steps.make_eval_step(model, chunks=1)  # inference on the whole batch
   eval_jit = jax.jit(eval_step) if mesh is None else parallel.jit_eval_step(eval_step, mesh)
   forward = xla.compiled_stats(eval_jit, params, batch)["temp_bytes"]
   k, n = report["trady"]["frozen_prefix_stages"], report["trady"]["prefix_chunks"]

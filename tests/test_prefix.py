@@ -95,3 +95,23 @@ def test_chunked_prefix_gives_the_same_step_with_less_memory(net):
     moved += int(np.any(a != p0))
   assert moved > 1  # the update really moved the selected layers and the classifier
   assert temp[4] < 0.8 * temp[1], temp
+
+
+def test_chunked_evaluation_counts_the_same_with_less_memory(net):
+  model, params, _, batch = net
+  batch = dict(batch, mask=jnp.arange(BATCH) < BATCH - 3)  # a padded last batch
+  out, temp = {}, {}
+  for chunks in (1, 4):
+    step = steps.make_eval_step(model, chunks=chunks)
+    out[chunks] = jax.jit(step)(params, batch)
+    temp[chunks] = xla.compiled_stats(step, params, batch)["temp_bytes"]
+  assert int(out[4]["count"]) == int(out[1]["count"]) == BATCH - 3
+  assert int(out[4]["correct"]) == int(out[1]["correct"])
+  np.testing.assert_allclose(out[4]["loss_sum"], out[1]["loss_sum"], rtol=1e-5)
+  assert temp[4] < 0.5 * temp[1], temp
+  # Any Flax module: the whole model is run per chunk.
+  tiny = TinyCNN(num_classes=10)
+  tp = tiny.init(jax.random.key(0), jnp.zeros((1, SIZE, SIZE, 3)))["params"]
+  whole = tiny.apply({"params": tp}, batch["image"])
+  np.testing.assert_allclose(prefix.apply_stages(tiny, {"params": tp}, batch["image"], None, 4),
+                             whole, rtol=1e-5, atol=1e-6)

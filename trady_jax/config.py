@@ -38,8 +38,9 @@ class Config:
   alpha: float = 0.2                # MeDyate: smallest K with B_mem / M_K <= alpha
   fixed_counts: bool = True         # per-layer channel counts fixed for the run (one compilation);
                                     # False = the papers' variable fill rule (recompiles)
-  prefix_chunks: int = 8            # run the frozen layers below the shallowest trained one in
-                                    # this many batch chunks (less memory, same result); 1 = off
+  prefix_chunks: int = 8            # run the frozen layers below the shallowest trained one
+                                    # (and evaluation) in this many batch chunks: less memory,
+                                    # same result; 1 = off
   oracle_batches: int = 4           # batches of full gradient for Det RGN / Prob Raw selections
   # --- optimisation (method-spec 10) ---
   epochs: int = 0                   # training epochs after warm-up; 0 = the papers' per dataset

@@ -62,21 +62,23 @@ def chunk_count(batch: int, chunks: int) -> int:
   return max(n for n in range(1, max(1, min(chunks, batch)) + 1) if batch % n == 0)
 
 
-def apply_stages(model: nn.Module, variables: PyTree, x: jax.Array, stop: int,
+def apply_stages(model: nn.Module, variables: PyTree, x: jax.Array, stop: int | None,
                  chunks: int) -> jax.Array:
   """Stages ``[0, stop)`` of ``model`` on ``x``, ``chunks`` slices of the batch at a time, with no
-  gradient flowing into ``variables`` or ``x``.
+  gradient flowing into ``variables`` or ``x``. ``stop=None`` runs the whole model (any Flax
+  module: inference in chunks).
 
   Chunk ``i`` holds examples ``i, i + n, i + 2n, ...``: reshaping the batch to ``(b / n, n)`` is
   free (no copy), and a batch axis sharded in contiguous blocks over devices stays sharded inside
   every chunk, so each device loops over its own examples.
   """
   variables, x = jax.lax.stop_gradient((variables, x))
+  run = (lambda c: model.apply(variables, c)) if stop is None else (
+      lambda c: model.apply(variables, c, stop=stop))
   b, n = x.shape[0], chunk_count(x.shape[0], chunks)
   if n == 1:
-    return model.apply(variables, x, stop=stop)
+    return run(x)
   xs = x.reshape(b // n, n, *x.shape[1:])
-  run = lambda c: model.apply(variables, c, stop=stop)
   y = jax.eval_shape(run, jax.ShapeDtypeStruct((b // n, *x.shape[1:]), x.dtype))
 
   def chunk(i, ys):

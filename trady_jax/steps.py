@@ -57,15 +57,17 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, *,
   return step
 
 
-def make_eval_step(model: nn.Module) -> Callable:
+def make_eval_step(model: nn.Module, *, chunks: int = 8) -> Callable:
   """``eval_step(params, batch) -> {'correct', 'count', 'loss_sum'}`` (sums, for exact averages).
 
   An optional boolean ``batch['mask']`` marks padding examples (False) that must not count, so the
-  last, padded batch of a test split keeps the compiled shape.
+  last, padded batch of a test split keeps the compiled shape. The forward pass runs ``chunks``
+  slices of the batch at a time (``prefix.apply_stages``): evaluation needs no more memory than
+  the selective train step; 1 runs the batch whole.
   """
 
   def eval_step(params, batch):
-    logits = model.apply({"params": params}, batch["image"])
+    logits = prefix.apply_stages(model, {"params": params}, batch["image"], None, chunks)
     losses = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"])
     valid = batch.get("mask", jnp.ones(batch["label"].shape, bool))
     return {"correct": jnp.sum((jnp.argmax(logits, -1) == batch["label"]) & valid),

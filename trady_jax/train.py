@@ -96,13 +96,14 @@ class Run:
                                        prefix_chunks=cfg.prefix_chunks)
     # Data parallel over all devices when there are several (batch sharded, rest replicated).
     self.mesh = parallel.mesh() if jax.device_count() > 1 else None
+    eval_step = steps.make_eval_step(model, chunks=cfg.prefix_chunks)
     if self.mesh is None:
       self.train_step = jax.jit(train_step, donate_argnums=(0, 1))
-      self.eval_step = jax.jit(steps.make_eval_step(model))
+      self.eval_step = jax.jit(eval_step)
     else:
       parallel.check_batch(cfg.batch_size, self.mesh)
       self.train_step = parallel.jit_train_step(train_step, self.mesh, donate_argnums=(0, 1))
-      self.eval_step = parallel.jit_eval_step(steps.make_eval_step(model), self.mesh)
+      self.eval_step = parallel.jit_eval_step(eval_step, self.mesh)
     self._epoch = 0
 
   def _place(self, tree):
