@@ -17,7 +17,7 @@ Models without them run whole, as do selections with a trained parameter in stag
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 import flax.linen as nn
 import jax
@@ -41,6 +41,17 @@ def stage_plan(start: int, stop: int | None, blocks: int) -> tuple[bool, range, 
   if not 0 <= start < stop <= head + 1:
     raise ValueError(f"stages [{start}, {stop}) out of range: the net has stages 0..{head}")
   return start == 0, range(max(start, 1) - 1, min(stop, head) - 1), stop > head
+
+
+def stage_of_path(path: str, stem: str, blocks: Sequence[str]) -> int:
+  """The stage of a parameter path in a net whose stem module is ``stem`` (stage 0) and whose
+  block modules are ``blocks`` in forward order (stages ``1..len(blocks)``); anything else is the
+  head (stage ``len(blocks) + 1``)."""
+  top = path.split("/", 1)[0]
+  if top == stem:
+    return 0
+  order = {name: i + 1 for i, name in enumerate(blocks)}
+  return order.get(top, len(blocks) + 1)
 
 
 def frozen_stages(model: nn.Module, selection: PyTree | None) -> int:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import re
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
@@ -148,11 +147,8 @@ class MCUNet(nn.Module):
   @nn.nowrap
   def stage_of(self, path: str) -> int:
     """The stage of a parameter path (``'blocks_3/depthwise/kernel'`` -> 4)."""
-    top = path.split("/", 1)[0]
-    if top == "first_conv":
-      return 0
-    m = re.fullmatch(r"blocks_(\d+)", top)
-    return int(m.group(1)) + 1 if m else len(self.spec.blocks) + 1
+    return prefix.stage_of_path(path, "first_conv",
+                                [f"blocks_{i}" for i in range(len(self.spec.blocks))])
 
 
 # ----------------------------------------------------------------------------------------------

@@ -86,11 +86,7 @@ class ResNet(nn.Module):
   @nn.nowrap
   def stage_of(self, path: str) -> int:
     """The stage of a parameter path (``'layer1_0/conv2/kernel'`` -> 1)."""
-    top = path.split("/", 1)[0]
-    if top == "conv1":
-      return 0
-    order = {name: i + 1 for i, (name, _, _) in enumerate(self.block_names())}
-    return order.get(top, len(order) + 1)
+    return prefix.stage_of_path(path, "conv1", [name for name, _, _ in self.block_names()])
 
 
 def resnet(name: str, num_classes: int = 1000) -> ResNet:
