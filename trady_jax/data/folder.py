@@ -3,6 +3,13 @@
 A *source* is a sequence of ``(uint8 HWC RGB image, int label)`` pairs with ``num_classes``,
 ``class_names`` and ``protocol`` (``'standard'`` or ``'resize'``, which transform family applies).
 Sources that know their labels without decoding images also expose ``labels`` (int64 array).
+
+Image files are untrusted: a file that is not a JPEG or PNG, or is corrupt, truncated (PIL's
+``LOAD_TRUNCATED_IMAGES`` stays False) or larger than ``PIL.Image.MAX_IMAGE_PIXELS`` (a
+decompression bomb) aborts the run with an ``ImageError`` naming its path, also when it is decoded
+in a loader thread; bad files are never skipped, so batches stay what ``(seed, epoch, step)``
+says. 16-bit greyscale PNGs are scaled to 8 bits; palette, grey, alpha and CMYK images are
+converted to RGB as PIL does (alpha dropped). A class folder without image files is an error.
 """
 
 from __future__ import annotations
@@ -15,6 +22,12 @@ import numpy as np
 from PIL import Image
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")  # file suffixes read by ImageFolderSource (any case)
+IMAGE_FORMATS = ("JPEG", "PNG")  # the only decoders PIL may use, whatever the suffix says
+_WIDE_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")  # 16-bit greyscale (PNG), scaled to 8 bits
+
+
+class ImageError(ValueError):
+  """An image file that cannot be decoded; the message names it."""
 
 
 class Source(Protocol):
@@ -30,9 +43,28 @@ class Source(Protocol):
 
 
 def load_rgb(path: str | os.PathLike) -> np.ndarray:
-  """Decode an image file to uint8 HWC RGB."""
-  with Image.open(path) as image:
+  """Decode a JPEG or PNG file to uint8 HWC RGB; ``ImageError`` naming ``path`` if it cannot be."""
+  try:
+    with Image.open(path, formats=IMAGE_FORMATS) as image:
+      limit = Image.MAX_IMAGE_PIXELS
+      if limit and image.width * image.height > limit:
+        raise ImageError(f"{image.width}x{image.height} pixels, more than "
+                         f"PIL.Image.MAX_IMAGE_PIXELS = {limit} (a decompression bomb?)")
+      image.load()
+      rgb = _to_rgb(image)
+  except Exception as err:  # PIL raises many types for broken files; all name the file here
+    raise ImageError(f"cannot decode image {os.fspath(path)}: {err}") from err
+  if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.size == 0:
+    raise ImageError(f"cannot decode image {os.fspath(path)}: decoded to shape {rgb.shape}")
+  return rgb
+
+
+def _to_rgb(image: Image.Image) -> np.ndarray:
+  if image.mode not in _WIDE_MODES:
     return np.asarray(image.convert("RGB"))
+  wide = np.clip(np.asarray(image).astype(np.int64), 0, 65535)
+  grey = ((wide * 255 + 32767) // 65535).astype(np.uint8)  # round(v / 257)
+  return np.repeat(grey[..., None], 3, axis=-1)
 
 
 def _list_images(directory: Path) -> list[str]:
@@ -74,6 +106,10 @@ class ImageFolderSource:
       if not (self.directory / name).is_dir():
         continue
       files = _list_images(self.directory / name)[:limit_per_class]
+      if not files:
+        raise ValueError(f"class folder {self.directory / name} holds no "
+                         f"{'/'.join(IMAGE_EXTENSIONS)} files: add images or remove the folder "
+                         "(it would be a class without examples)")
       paths += [os.path.join(self.directory, name, f) for f in files]
       labels += [label] * len(files)
     if not paths:

@@ -10,6 +10,7 @@ import os
 import shutil
 import tarfile
 import tempfile
+import zlib
 from pathlib import Path
 
 from trady_jax.data.folder import ImageFolderSource, Source, Subset, balanced_subset
@@ -98,14 +99,18 @@ def _unpack_once(archive: Path, target: Path, top: str = "cifar10") -> Path:
   target.parent.mkdir(parents=True, exist_ok=True)
   tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
   try:
-    with tarfile.open(archive, "r:*") as tar:
-      if hasattr(tarfile, "data_filter"):
-        tar.extractall(tmp, filter="data")
-      else:  # Python < 3.10.12 / 3.11.4: refuse absolute or parent-relative names ourselves
-        for member in tar.getmembers():
-          if member.name.startswith("/") or ".." in Path(member.name).parts:
-            raise ValueError(f"unsafe path {member.name!r} in {archive}")
-        tar.extractall(tmp)
+    try:
+      with tarfile.open(archive, "r:*") as tar:
+        if hasattr(tarfile, "data_filter"):  # no absolute or ../ names, links out, or devices
+          tar.extractall(tmp, filter="data")
+        else:  # Python < 3.10.12 / 3.11.4: plain files and folders with relative names only
+          for member in tar.getmembers():
+            if (member.name.startswith("/") or ".." in Path(member.name).parts
+                or not (member.isfile() or member.isdir())):
+              raise ValueError(f"unsafe member {member.name!r}")
+          tar.extractall(tmp)
+    except (tarfile.TarError, ValueError, EOFError, OSError, zlib.error) as err:
+      raise ValueError(f"{archive} could not be unpacked: {err}") from err
     if not _is_unpacked(tmp / top):
       raise ValueError(f"{archive} does not hold {top}/train and {top}/test")
     try:

@@ -17,7 +17,6 @@ a bias.
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
@@ -199,7 +198,20 @@ def iter_entries(desc: Mapping[str, Any]) -> Iterator[tuple[str, Mapping[str, An
 
 def spec_from_description(desc: Mapping[str, Any], *, feature_mix: int | None = None) -> NetSpec:
   """NetSpec of a tiny-training description; ``feature_mix`` adds a ``C -> feature_mix`` 1x1 ReLU6
-  conv when the description has none (the zoo models' final conv, method-spec 0.3)."""
+  conv when the description has none (the zoo models' final conv, method-spec 0.3).
+
+  A malformed or inconsistent description (see ``check_spec``) is a ``ValueError``."""
+  try:
+    spec = _parse_description(desc, feature_mix)
+  except (KeyError, TypeError, AttributeError, IndexError) as err:
+    raise ValueError(f"malformed architecture description: {err!r}") from err
+  head = desc["classifier"]
+  return check_spec(spec, head.get("in_channel") if isinstance(head, Mapping) else None)
+
+
+def _parse_description(desc: Mapping[str, Any], feature_mix: int | None) -> NetSpec:
+  if not isinstance(desc, Mapping):
+    raise TypeError(f"the description is a {type(desc).__name__}, not a JSON object")
   missing = {"first_conv", "blocks", "classifier"} - set(desc)
   if missing:
     raise ValueError(f"architecture description lacks {sorted(missing)}")
@@ -225,6 +237,55 @@ def spec_from_description(desc: Mapping[str, Any], *, feature_mix: int | None = 
                  int(desc["classifier"]["out_channel"]), int(first.get("in_shape", 128)), added)
 
 
+MAX_CHANNELS, MAX_KERNEL, MAX_STRIDE = 1 << 14, 11, 4  # plausible conv sizes (check_spec)
+
+
+def check_spec(spec: NetSpec, head_in: int | None = None) -> NetSpec:
+  """``spec``, after checking that every conv has plausible sizes and reads the channels the one
+  before it gives (RGB input; ``head_in``: the classifier's input channels, when described)."""
+  def fail(path, why):
+    raise ValueError(f"inconsistent architecture description at {path}: {why}")
+
+  def reads(path, c, channels):
+    if c.in_channels != channels:
+      fail(path, f"reads {c.in_channels} channels but gets {channels}")
+    return c.out_channels
+
+  for path, c in spec.convs():
+    sizes = (c.in_channels, c.out_channels, c.kernel_size, c.stride, c.groups)
+    if (not all(type(v) is int for v in sizes) or not 1 <= c.in_channels <= MAX_CHANNELS
+        or not 1 <= c.out_channels <= MAX_CHANNELS or not 1 <= c.kernel_size <= MAX_KERNEL
+        or not 1 <= c.stride <= MAX_STRIDE or c.groups < 1 or c.in_channels % c.groups
+        or c.out_channels % c.groups or c.act not in ACTIVATIONS):
+      fail(path, f"implausible conv {c}")
+  if not 1 <= spec.head_classes <= 1 << 20 or not 1 <= spec.resolution <= 1 << 13:
+    fail("classifier", f"{spec.head_classes} classes at resolution {spec.resolution}")
+  if not spec.blocks:
+    fail("blocks", "no blocks")
+  x = reads("first_conv", spec.first_conv, 3)
+  for i, b in enumerate(spec.blocks):
+    p, y = f"blocks_{i}", x
+    if b.pointwise1 is not None:
+      y = reads(f"{p}/pointwise1", b.pointwise1, y)
+    if not b.depthwise.groups == b.depthwise.out_channels == reads(f"{p}/depthwise", b.depthwise, y):
+      fail(f"{p}/depthwise", f"not depthwise: {b.depthwise}")
+    if b.se is not None and (reads(f"{p}/se_expand", b.se[1], reads(f"{p}/se_reduce", b.se[0], y))
+                             != y):
+      fail(f"{p}/se_expand", f"gives {b.se[1].out_channels} channels, the gate needs {y}")
+    out = reads(f"{p}/pointwise2", b.pointwise2, y)
+    if isinstance(b.shortcut, Conv) and reads(f"{p}/shortcut", b.shortcut, x) != out:
+      fail(f"{p}/shortcut", f"gives {b.shortcut.out_channels} channels, the block {out}")
+    strided = any(c is not None and c.stride != 1 for c in (b.pointwise1, b.depthwise, b.pointwise2))
+    if b.shortcut is True and (out != x or strided):
+      fail(p, f"identity shortcut from {x} channels to {out}{' with a stride' if strided else ''}")
+    x = out
+  features = reads("feature_mix", spec.feature_mix, x) if spec.feature_mix is not None else x
+  if head_in is not None and head_in != (x if spec.added_feature_mix else features):
+    fail("classifier", f"reads {head_in} channels but gets "
+         f"{x if spec.added_feature_mix else features}")
+  return spec
+
+
 def strip_arrays(desc: Any) -> Any:
   """The description without its array references (what ``arch/*.json`` ship)."""
   if isinstance(desc, dict):
@@ -241,7 +302,8 @@ def load_arch(name: str) -> dict:
   if not path.is_file():
     known = sorted(p.stem for p in ARCH_DIR.glob("*.json"))
     raise FileNotFoundError(f"no shipped architecture {name!r} in {ARCH_DIR}; known: {known}")
-  return json.loads(path.read_text())
+  from trady_jax.models.weights import read_json
+  return read_json(path)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -255,7 +317,17 @@ def _zoo_conv(c: Mapping[str, Any]) -> Conv:
 
 
 def spec_from_zoo_config(cfg: Mapping[str, Any]) -> NetSpec:
-  """NetSpec of an MCUNet model-zoo ``ProxylessNASNets`` config (``build_from_config`` layout)."""
+  """NetSpec of an MCUNet model-zoo ``ProxylessNASNets`` config (``build_from_config`` layout);
+  a malformed or inconsistent config (see ``check_spec``) is a ``ValueError``."""
+  try:
+    spec = _parse_zoo_config(cfg)
+    head_in = cfg["classifier"].get("in_features")
+  except (KeyError, TypeError, AttributeError, IndexError) as err:
+    raise ValueError(f"malformed model-zoo config: {err!r}") from err
+  return check_spec(spec, head_in)
+
+
+def _parse_zoo_config(cfg: Mapping[str, Any]) -> NetSpec:
   blocks = []
   for i, b in enumerate(cfg["blocks"]):
     m = b.get("mobile_inverted_conv") or b.get("conv")

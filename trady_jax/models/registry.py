@@ -5,12 +5,18 @@ Names: the papers' MCU networks ``'mbv2-w0.35'``, ``'mcunet-in1'``, ``'proxyless
 timm checkpoints).
 
 Weights are looked up, in order, in ``weights_dir`` (if given, only there), else in the directories
-of ``$TRADY_JAX_WEIGHTS`` (``os.pathsep``-separated), ``../shared/weights`` beside the current
-directory and beside the repository, and the cache ``$TRADY_JAX_CACHE`` or ``~/.cache/trady_jax``.
+of ``$TRADY_JAX_WEIGHTS`` (``os.pathsep``-separated), the shipped ``../shared/weights`` beside the
+current directory and beside the repository, and last the cache ``$TRADY_JAX_CACHE`` or
+``~/.cache/trady_jax``. The first directory holding files of the requested ``source`` wins (with
+``'auto'``, a directory's fp32 zoo files before its int8 ones), so downloaded or cached files never
+replace the shipped ones, and only a directory the user names (``weights_dir``,
+``$TRADY_JAX_WEIGHTS``) comes before them. Loading weights from anywhere but the shipped
+directories prints one line naming the files.
 For an MCU net a directory may hold the int8 files ``NAME.json + NAME.npz`` or the fp32 model-zoo
-files ``<zoo id>.json + <zoo id>.pth`` (read without torch); ``download_weights(name)`` fetches the public
+files ``<zoo id>.json + <zoo id>.pth`` (read without torch, and without running code: see
+``torch_file``); ``download_weights(name)`` fetches the public
 files into the cache (``load_model(..., download=True)`` calls it); nothing is downloaded unless
-asked.
+asked. A malformed weight or architecture file is a ``ValueError`` naming it.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
+import sys
 import tempfile
 import urllib.request
 import warnings
@@ -63,11 +70,15 @@ def search_dirs(weights_dir: str | Path | None = None) -> list[Path]:
   if weights_dir is not None:
     return [Path(weights_dir)]
   env = [Path(p) for p in os.environ.get("TRADY_JAX_WEIGHTS", "").split(os.pathsep) if p]
-  repo = Path(__file__).resolve().parents[2]
-  dirs = env + [Path.cwd().parent / "shared" / "weights", repo.parent / "shared" / "weights",
-                cache_dir()]
-  return list(dict.fromkeys(d.resolve() for d in dirs))
+  return list(dict.fromkeys(d.resolve() for d in env + shipped_dirs() + [cache_dir()]))
 
+
+def shipped_dirs() -> list[Path]:
+  """The project's own weight copies: ``../shared/weights`` beside the current directory and
+  beside the repository."""
+  repo = Path(__file__).resolve().parents[2]
+  return [d.resolve() for d in (Path.cwd().parent / "shared" / "weights",
+                                repo.parent / "shared" / "weights")]
 
 
 def find_weights(name: str, weights_dir: str | Path | None = None,
@@ -77,22 +88,30 @@ def find_weights(name: str, weights_dir: str | Path | None = None,
   _check(name)
   if source not in ("auto", "int8", "zoo"):
     raise ValueError(f"source must be 'auto', 'int8' or 'zoo', got {source!r}")
-  found: dict[str, WeightFiles] = {}
+  kinds = {"int8": ["int8"], "zoo": ["zoo"], "auto": ["zoo", "int8"]}[source]
   for d in search_dirs(weights_dir):
     if name in MCU_NETS:
       zoo = MCU_NETS[name][0]
-      for kind, files in (("int8", (d / f"{name}.json", d / f"{name}.npz")),
-                          ("zoo", (d / f"{zoo}.json", d / f"{zoo}.pth"))):
-        if kind not in found and all(f.is_file() for f in files):
-          found[kind] = WeightFiles(kind, files)
+      files = {"int8": (d / f"{name}.json", d / f"{name}.npz"),
+               "zoo": (d / f"{zoo}.json", d / f"{zoo}.pth")}
+      for kind in kinds:
+        if all(f.is_file() for f in files[kind]):
+          return WeightFiles(kind, files[kind])
     else:
       stems = (name, Path(TORCHVISION_URLS[name]).stem)
       for f in (d / f"{s}{ext}" for s in stems for ext in (".safetensors", ".pth", ".npz")):
         if f.is_file():
           return WeightFiles("state_dict", (f,))
-  order = {"int8": ["int8"], "zoo": ["zoo"],
-           "auto": ["zoo", "int8"]}[source]
-  return next((found[k] for k in order if k in found), None)
+  return None
+
+
+def _announce(name: str, found: WeightFiles) -> None:
+  """One line on stderr when the weights are not the shipped copies."""
+  shipped = shipped_dirs()
+  if any(f.resolve().parent not in shipped for f in found.files):
+    print(f"trady_jax: {name}: loading {found.kind} weights from "
+          f"{', '.join(str(f) for f in found.files)} (not the shipped copy)",
+          file=sys.stderr, flush=True)
 
 
 def download_weights(name: str, cache: str | Path | None = None, *,
@@ -228,8 +247,14 @@ def load_model(name: str, num_classes: int = 1000, *, weights_dir: str | Path | 
           "download=True (or call trady_jax.models.registry.download_weights), set "
           "TRADY_JAX_WEIGHTS, or use pretrained=False")
     found = download_weights(name)
+  _announce(name, found)
+  try:
+    loaded = (_load_mcu(name, found, feature_mix) if name in MCU_NETS
+              else convert_generic(name, weights.load_state_dict(found.files[0])))
+  except (KeyError, TypeError, ValueError, AttributeError, IndexError) as err:
+    raise ValueError(f"{name} weights {' + '.join(str(f) for f in found.files)}: {err}") from err
   if name in MCU_NETS:
-    spec, loaded = _load_mcu(name, found, feature_mix)
+    spec, loaded = loaded
     if imagenet_head and spec.added_feature_mix:
       c = spec.blocks[-1].pointwise2.out_channels
       raise ValueError(f"the {name} ImageNet head reads the {c} block features; with "
@@ -240,7 +265,7 @@ def load_model(name: str, num_classes: int = 1000, *, weights_dir: str | Path | 
                     "initialised", stacklevel=2)
     module = mcunet.MCUNet(spec, spec.head_classes if imagenet_head else num_classes)
   else:
-    module, loaded = convert_generic(name, weights.load_state_dict(found.files[0]))
+    module, loaded = loaded
     module = module.replace(num_classes=1000 if imagenet_head else num_classes)
   init = init_params(module, seed)
   params = weights.merge_params(init, loaded, () if imagenet_head else ("classifier",))

@@ -7,11 +7,17 @@
 
 Kernels go OIHW -> HWIO (depthwise ``(C, 1, k, k)`` -> ``(k, k, 1, C)``); dense ``(out, in)`` ->
 ``(in, out)``.
+
+Weight files are untrusted: ``.pth`` files go through ``torch_file`` (no code runs), ``.npz`` files
+are checked before numpy allocates (no pickles, no zip bombs, no entry larger than it declares),
+int8 arrays must be integers with finite scales in ``[0, MAX_SCALE]``, loaded parameters must be
+finite, and every error names the file.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import re
 import zipfile
 from pathlib import Path
@@ -24,6 +30,7 @@ from trady_jax.models import torch_file
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+MAX_SCALE = 100.0  # largest int8 scale accepted (the shipped models' scales are at most 0.17)
 
 
 class ConvKeys(NamedTuple):
@@ -56,10 +63,30 @@ def read_npz(path: str | Path) -> dict[str, np.ndarray]:
   if not path.is_file():
     raise FileNotFoundError(f"weights file not found: {path}")
   try:
+    _check_npz(path)
     with np.load(path, allow_pickle=False) as z:
       return {k: z[k] for k in z.files}
   except (zipfile.BadZipFile, ValueError, OSError, EOFError) as err:
     raise ValueError(f"{path} is not a readable .npz archive: {err}") from err
+
+
+def _check_npz(path: Path) -> None:
+  """Refuse an ``.npz`` whose entries declare more data than they hold, before numpy allocates it."""
+  with zipfile.ZipFile(path) as z:
+    torch_file.check_inflation(z, path.stat().st_size)
+    for info in z.infolist():
+      with z.open(info) as f:
+        version = np.lib.format.read_magic(f)
+        if version not in ((1, 0), (2, 0)):
+          raise ValueError(f"{info.filename}: unsupported .npy version {version}")
+        read = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                else np.lib.format.read_array_header_2_0)
+        shape, _, dtype = read(f)
+      if dtype.hasobject:
+        raise ValueError(f"{info.filename} holds Python objects")
+      if math.prod(shape) * dtype.itemsize > info.file_size:
+        raise ValueError(f"{info.filename} declares a {shape} {dtype} array but holds only "
+                         f"{info.file_size} bytes")
 
 
 def to_hwio(w: np.ndarray) -> np.ndarray:
@@ -81,15 +108,39 @@ def _array(arrays: Mapping[str, np.ndarray], ref: Any, layer: str, name: str) ->
 def dequantize(entry: Mapping[str, Any], arrays: Mapping[str, np.ndarray],
                layer: str) -> tuple[np.ndarray, np.ndarray]:
   """Float OIHW weight and bias of one int8 conv (``README.md``: per-output-channel scales)."""
-  q = entry["params"]
-  w = _array(arrays, q["weight"], layer, "weight").astype(np.float64)
-  scales = _array(arrays, q["w_scales"], layer, "w_scales").astype(np.float64)
-  b = _array(arrays, q["bias"], layer, "bias").astype(np.float64)
+  q = entry.get("params")
+  if not isinstance(q, Mapping) or not {"weight", "bias", "w_scales", "x_scale"} <= set(q):
+    have = sorted(q) if isinstance(q, Mapping) else q
+    raise ValueError(f"{layer}: quantisation parameters need weight, bias, w_scales and x_scale; "
+                     f"found {have}")
+  w, b = _array(arrays, q["weight"], layer, "weight"), _array(arrays, q["bias"], layer, "bias")
+  for name, a in (("weight", w), ("bias", b)):
+    if not np.issubdtype(a.dtype, np.integer):
+      raise ValueError(f"{layer}: int8 {name} has dtype {a.dtype}, expected integers")
+  if w.ndim != 4 or w.min(initial=0) < -128 or w.max(initial=0) > 127:
+    raise ValueError(f"{layer}: weight of shape {w.shape} is not an int8 OIHW kernel")
+  scales = _scale(_array(arrays, q["w_scales"], layer, "w_scales"), layer, "w_scales")
+  x_scale = float(_scale(q["x_scale"], layer, "x_scale"))
   if not (scales.shape == b.shape == (w.shape[0],)):
     raise ValueError(f"{layer}: weight {w.shape}, w_scales {scales.shape} and bias {b.shape} "
                      "disagree on the number of output channels")
-  w = w * scales[:, None, None, None]
-  return w.astype(np.float32), (b * float(q["x_scale"]) * scales).astype(np.float32)
+  w = w.astype(np.float64) * scales[:, None, None, None]
+  return w.astype(np.float32), (b * x_scale * scales).astype(np.float32)
+
+
+def _scale(value: Any, layer: str, name: str) -> np.ndarray:
+  """A quantisation scale as float64, refused unless finite and in ``[0, MAX_SCALE]`` (``x_scale``:
+  above 0)."""
+  try:
+    s = np.asarray(value, np.float64)
+  except (TypeError, ValueError) as err:
+    raise ValueError(f"{layer}: {name} {value!r:.60} is not a number") from err
+  strict = name == "x_scale"
+  above = s > 0 if strict else s >= 0
+  if not (np.isfinite(s).all() and above.all() and (s <= MAX_SCALE).all()):
+    raise ValueError(f"{layer}: {name} must be finite and in {'(' if strict else '['}0, "
+                     f"{MAX_SCALE}], got {np.array2string(s.ravel()[:4])}")
+  return s
 
 
 def int8_params(entries: Iterable[tuple[str, Mapping[str, Any]]],
@@ -183,23 +234,16 @@ def load_state_dict(path: str | Path) -> dict[str, np.ndarray]:
   if not path.is_file():
     raise FileNotFoundError(f"state dict file not found: {path}")
   if path.suffix in (".pth", ".pt", ".bin"):
-    try:
-      sd = torch_file.load(path)  # no PyTorch needed, and no code runs while loading
-    except ValueError as err:
-      try:
-        import torch
-      except ImportError:
-        raise err from None
-      try:
-        sd = torch.load(path, map_location="cpu", weights_only=True)
-      except Exception as terr:  # torch raises many types for corrupt or unsafe files
-        raise ValueError(f"{path} could not be read as a PyTorch checkpoint: {terr}") from terr
+    sd = torch_file.load(path)  # no PyTorch needed, and no code runs while loading
   elif path.suffix == ".safetensors":
     try:
       from safetensors.numpy import load_file
     except ImportError as err:
       raise ImportError(f"reading {path.name} needs safetensors: pip install safetensors") from err
-    sd = load_file(str(path))
+    try:
+      sd = load_file(str(path))
+    except Exception as err:  # safetensors raises its own error types
+      raise ValueError(f"{path} could not be read as safetensors: {err}") from err
   elif path.suffix == ".npz":
     sd = read_npz(path)
   else:
@@ -208,6 +252,8 @@ def load_state_dict(path: str | Path) -> dict[str, np.ndarray]:
   for key in ("state_dict", "model"):
     if isinstance(sd, dict) and isinstance(sd.get(key), dict):
       sd = sd[key]
+  if not isinstance(sd, dict) or not all(isinstance(k, str) for k in sd):
+    raise ValueError(f"{path} holds a {type(sd).__name__}, not a state dict of named arrays")
   return normalise_keys(sd)
 
 
@@ -229,7 +275,8 @@ def _flat(tree: Any) -> dict[str, Any]:
 
 
 def check_params(params: Any, reference: Any, *, where: str = "weights") -> None:
-  """Raise if ``params`` and ``reference`` (e.g. ``jax.eval_shape``) differ in leaves or shapes."""
+  """Raise if ``params`` and ``reference`` (e.g. ``jax.eval_shape``) differ in leaves or shapes, or
+  if a value of ``params`` is not finite."""
   got, want = _flat(params), _flat(reference)
   missing, extra = sorted(set(want) - set(got)), sorted(set(got) - set(want))
   if missing or extra:
@@ -239,6 +286,9 @@ def check_params(params: Any, reference: Any, *, where: str = "weights") -> None
     if tuple(np.shape(got[k])) != tuple(ref.shape):
       raise ValueError(f"{where}: layer {k.rsplit('/', 1)[0]!r} {k.rsplit('/', 1)[1]} has shape "
                        f"{tuple(np.shape(got[k]))}, the model expects {tuple(ref.shape)}")
+    if not np.isfinite(np.asarray(got[k])).all():
+      raise ValueError(f"{where}: layer {k.rsplit('/', 1)[0]!r} {k.rsplit('/', 1)[1]} holds "
+                       "NaN or infinite values")
 
 
 def merge_params(init: Mapping[str, Any], loaded: Mapping[str, Any],
