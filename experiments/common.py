@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 import warnings
 from pathlib import Path
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -13,8 +14,10 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # let `python experiments/x.py` import the package from a checkout
   sys.path.insert(0, str(ROOT))
 
-from trady_jax import ranking, rankings  # noqa: E402
-from trady_jax.models import registry  # noqa: E402
+from trady_jax import checkpoint, ranking, rankings, strategies, train, workdir  # noqa: E402
+from trady_jax import costs as costs_lib  # noqa: E402
+from trady_jax.config import ConfigError  # noqa: E402
+from trady_jax.models import registry, schemes  # noqa: E402
 from trady_jax.models.tiny import TinyCNN  # noqa: E402
 
 
@@ -45,7 +48,85 @@ def load_ranking(arch: str, path: str = "", costs=None):
     if path:
       raise FileNotFoundError(f"ranking file {p} not found")
     return None
-  return ranking.load(p, costs)
+  try:
+    return ranking.load(p, costs)
+  except (ValueError, KeyError, TypeError) as e:
+    raise ConfigError(f"ranking file {p} cannot be used ({type(e).__name__}: {e})") from None
+
+
+# Failures the user can act on: one line on stderr, no traceback (see ``cli``).
+USER_ERRORS = (ConfigError, workdir.WorkdirError, train.DivergedError, checkpoint.CheckpointError)
+
+
+def cli(main: Callable[[], object]) -> int:
+  """``main()``'s exit status: 0, or a user error's ``exit_code`` after ``error: ...`` on stderr."""
+  try:
+    main()
+  except USER_ERRORS as e:
+    print(f"error: {' '.join(str(e).split())}", file=sys.stderr, flush=True)
+    return getattr(e, "exit_code", 1)
+  return 0
+
+
+def check_config(cfg) -> None:
+  """``ConfigError`` for settings out of range or naming what does not exist (arch, dataset,
+  folders, ranking, SU scheme over budget), before any data or weights are loaded."""
+  from trady_jax import data
+  cfg.validate()
+  if cfg.arch != "tiny" and cfg.arch not in registry.NAMES:
+    raise ConfigError(f"--arch {cfg.arch!r}: unknown; known: tiny, {', '.join(registry.NAMES)}")
+  name = cfg.dataset
+  if name.startswith("folder:"):
+    root = Path(cfg.data_dir or name.split(":", 1)[1])
+    missing = [s for s in ("train", "test") if not (root / s).is_dir()]
+    if missing:
+      raise ConfigError(f"--dataset {name}: " + (
+          f"{root} has no {' or '.join(missing)} folder" if root.is_dir()
+          else f"{root} does not exist") + " (expected ROOT/{train,test}/<class>/<images>)")
+  elif name != "synthetic" and name not in data.DATASETS:
+    raise ConfigError(f"--dataset {name!r}: unknown; known: synthetic, folder:PATH, "
+                      f"{', '.join(data.DATASETS)}")
+  elif cfg.data_dir and not Path(cfg.data_dir).is_dir() and (cfg.offline or name == "vww"):
+    raise ConfigError(f"--data-dir {cfg.data_dir}: no such folder")
+  if cfg.weights_dir and not Path(cfg.weights_dir).is_dir():
+    raise ConfigError(f"--weights-dir {cfg.weights_dir}: no such folder")
+  if cfg.ranking and not Path(cfg.ranking).is_file():
+    raise ConfigError(f"--ranking {cfg.ranking}: no such file")
+  if 0 < cfg.train_limit < cfg.batch_size:
+    raise ConfigError(f"--train-limit {cfg.train_limit} is less than one batch "
+                      f"(--batch-size {cfg.batch_size})")
+  strategy = strategies.get(cfg.strategy)
+  if strategy.needs_ranking and not (cfg.ranking or rankings.default_path(cfg.arch).exists()):
+    raise ConfigError(f"strategy {cfg.strategy!r} needs a layer ranking for {cfg.arch}: run "
+                      f"`python experiments/rank_layers.py --arch {cfg.arch}` and pass --ranking")
+  if strategy.rule == "scheme":
+    if cfg.arch not in schemes.SCHEMES:
+      raise ConfigError(f"strategy 'su' needs a Sparse Update scheme; {cfg.arch} has none "
+                        f"(known: {', '.join(schemes.SCHEMES)})")
+    model = registry.build_model(cfg.arch, 10)  # the classifier is in no scheme
+    net = costs_lib.trace(model, (1, cfg.image_size, cfg.image_size, 3))
+    check_scheme_budget(cfg, net.usage(schemes.scheme_counts(cfg.arch, cfg.su_scheme, net))[
+        "units"])
+
+
+def check_scheme_budget(cfg, units: int) -> None:
+  """``ConfigError`` when SU scheme ``cfg.su_scheme`` costs more than ``cfg.budget`` units.
+
+  The one exception is the papers' own pairing of budget and scheme (mbv2-w0.35 scheme 1 costs
+  28 282 units, its paper budget is 27 946; see ``models.schemes``): it runs, with a note, and
+  its records show the units it really uses.
+  """
+  if units <= cfg.budget:
+    return
+  paper = dict(zip((1, 3, 5), schemes.PAPER_BUDGETS.get(cfg.arch, ())))
+  if paper.get(cfg.su_scheme) == cfg.budget:
+    print(f"NOTE: SU scheme {cfg.su_scheme} of {cfg.arch} uses {units:,} units, more than its "
+          f"paper budget {cfg.budget:,} (a known discrepancy); the records show {units:,}",
+          flush=True)
+    return
+  raise ConfigError(f"SU scheme {cfg.su_scheme} of {cfg.arch} uses {units:,} units, more than "
+                    f"--budget {cfg.budget:,}: raise --budget to {units} or pick a smaller "
+                    "--su-scheme")
 
 
 def open_data(cfg):
@@ -71,6 +152,8 @@ def open_data(cfg):
       test = data.open_dataset(name, "test", download=download, **kwargs)
       where = type(train).__name__
   except data.DataUnavailableError as e:
+    if name == "folder":  # the user's own images: never replaced by generated ones
+      raise ConfigError(f"--dataset {cfg.dataset}: {' '.join(str(e).split())}") from None
     print(f"NOTE: {name} is not available here ({str(e).splitlines()[0]}).\n"
           "NOTE: no network and no local copy, so this run uses GENERATED data "
           "(class-dependent colour patterns); its accuracy says nothing about CIFAR-10.",
@@ -95,9 +178,7 @@ def _limit(source, n, num_classes, seed):
 
 def make_run(cfg, workdir):
   """A ``trady_jax.train.Run`` for a config: model, data, ranking and SU scheme resolved."""
-  from trady_jax import costs as costs_lib
-  from trady_jax import data, strategies, train
-  from trady_jax.models import schemes
+  from trady_jax import data
   train_src, test_src, num_classes, where = open_data(cfg)
   model, params, pretrained = load_model(cfg.arch, num_classes, pretrained=cfg.pretrained,
                                          weights_dir=cfg.weights_dir, seed=cfg.seed,
@@ -106,11 +187,12 @@ def make_run(cfg, workdir):
   strategy = strategies.get(cfg.strategy)
   doc = load_ranking(cfg.arch, cfg.ranking, costs) if strategy.needs_ranking else None
   if strategy.needs_ranking and doc is None:
-    raise SystemExit(f"strategy {cfg.strategy!r} needs a layer ranking for {cfg.arch}: run "
-                     f"`python experiments/rank_layers.py --arch {cfg.arch}` and pass --ranking")
+    raise ConfigError(f"strategy {cfg.strategy!r} needs a layer ranking for {cfg.arch}: run "
+                      f"`python experiments/rank_layers.py --arch {cfg.arch}` and pass --ranking")
   counts = None
   if strategy.rule == "scheme":
     counts = schemes.scheme_counts(cfg.arch, cfg.su_scheme, costs)
+    check_scheme_budget(cfg, costs.usage(counts)["units"])
   print(f"{cfg.arch} ({'pretrained' if pretrained else 'random init'}), {len(train_src)} train / "
         f"{len(test_src)} test images from {where}, strategy {cfg.strategy}, "
         f"budget {cfg.budget:,} units", flush=True)

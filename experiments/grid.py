@@ -16,8 +16,12 @@ the baseline (full fine-tuning ignores the budget). A run is finished when its f
 complete record: finished runs are never repeated, an interrupted one resumes from its
 checkpoint, and each emitted command starts with `test -f WORKDIR/final.json ||`, so commands can
 be re-run safely. Grids can spread over machines with no coordinator: a job array over the
-emitted commands, or `--run --shard K/N` on N machines sharing RESULTS; `--run` also takes a
-lock file per run (WORKDIR/.lock) so two machines never train the same run at once.
+emitted commands, or `--run --shard K/N` on N machines sharing RESULTS. Every train.py process
+holds its run folder's lock (WORKDIR/.lock, an OS lock the kernel drops when the process ends),
+so two processes never train the same run at once: `--run` skips runs locked by a live process
+(even a trainer left running by a killed launcher), `--status` shows them as running and lock
+files no live process holds as stale. A run that diverged (WORKDIR/diverged.json) is reported,
+never retried.
 
 '--budgets paper' means each arch's three budgets (MIT Sparse Update schemes 1, 3, 5); strategy
 'su' gets the matching --su-scheme and needs a paper budget. Any other --flag is passed to
@@ -34,7 +38,6 @@ import itertools
 import json
 import os
 import shlex
-import socket
 import subprocess
 import sys
 import time
@@ -46,6 +49,7 @@ if str(ROOT) not in sys.path:  # let `python experiments/grid.py` import the pac
 
 from trady_jax import config as config_lib  # noqa: E402
 from trady_jax import results as results_lib  # noqa: E402
+from trady_jax import workdir as workdir_lib  # noqa: E402
 from trady_jax.models.schemes import PAPER_BUDGETS  # noqa: E402
 from trady_jax.strategies import REGISTRY  # noqa: E402
 
@@ -55,7 +59,7 @@ SU_SCHEMES = {arch: dict(zip(budgets, (1, 3, 5))) for arch, budgets in PAPER_BUD
 # Config fields the grid sets per run; passing them through is an error.
 CONTROLLED = ("arch", "dataset", "strategy", "budget", "seed", "su_scheme")
 GRID_FILE = "grid.json"  # RESULTS/grid.json: the train.py flags every run of the folder used
-LOCK = ".lock"           # WORKDIR/.lock: held while a `--run` trains the run
+LOCK = workdir_lib.LOCK  # WORKDIR/.lock: held by the train.py process of the run
 
 
 @dataclasses.dataclass(frozen=True)
@@ -237,53 +241,9 @@ def record_protocol(results: str, extra: list[str], *, allow_mixed: bool = False
 # Local runs: locks and the sequential runner
 
 
-def _pid_alive(pid: int) -> bool:
-  try:
-    os.kill(pid, 0)
-  except ProcessLookupError:
-    return False
-  except PermissionError:
-    return True
-  return True
-
-
-def acquire_lock(workdir: str, *, force: bool = False) -> Path | None:
-  """Create WORKDIR/.lock atomically; None when another live process holds it.
-
-  A lock left by a dead process of this host is taken over; locks of other hosts are respected
-  unless ``force`` (use it after a machine crashed).
-  """
-  path = Path(workdir) / LOCK
-  path.parent.mkdir(parents=True, exist_ok=True)
-  me = {"host": socket.gethostname(), "pid": os.getpid(), "time": time.time()}
-  for _ in range(2):
-    try:
-      fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-    except FileExistsError:
-      try:
-        owner = json.loads(path.read_text())
-        stale = owner.get("host") == me["host"] and not _pid_alive(int(owner.get("pid", -1)))
-      except (OSError, ValueError, TypeError):
-        stale = False  # being written right now, or foreign: leave it alone
-      if not (stale or force):
-        return None
-      path.unlink(missing_ok=True)
-      continue
-    with os.fdopen(fd, "w") as f:
-      json.dump(me, f)
-    return path
-  return None
-
-
-def lock_owner(workdir: str) -> str | None:
-  """'host:pid' of the lock holder, or None when unlocked."""
-  try:
-    o = json.loads((Path(workdir) / LOCK).read_text())
-    return f"{o.get('host')}:{o.get('pid')}"
-  except FileNotFoundError:
-    return None
-  except (OSError, ValueError, AttributeError):
-    return "unknown"
+def diverged(workdir: str) -> bool:
+  """True when the run stopped at a non-finite loss or parameter (WORKDIR/diverged.json)."""
+  return (Path(workdir) / results_lib.DIVERGED).exists()
 
 
 def parse_shard(text: str | None) -> tuple[int, int]:
@@ -305,8 +265,12 @@ def pending(runs: list[GridRun]) -> list[GridRun]:
 
 
 def run_all(runs: list[GridRun], python: str, extra: list[str], *, shard: tuple[int, int] = (0, 1),
-            force_locks: bool = False, stop_on_error: bool = False, verbose: bool = False) -> dict:
-  """Run the grid here, sequentially; returns counts of done/skipped/busy/failed runs."""
+            stop_on_error: bool = False, verbose: bool = False) -> dict:
+  """Run the grid here, sequentially; returns counts of done/skipped/busy/failed runs.
+
+  A run whose folder a live process has locked is busy (skipped); one that diverged counts as
+  failed without being retried. The lock itself is taken by each train.py process.
+  """
   k, n = shard
   counts = {"done": 0, "finished_before": 0, "busy": 0, "failed": 0}
   mine = [r for i, r in enumerate(runs) if i % n == k]
@@ -315,33 +279,36 @@ def run_all(runs: list[GridRun], python: str, extra: list[str], *, shard: tuple[
     if results_lib.is_finished(r.workdir):
       counts["finished_before"] += 1
       continue
-    lock = acquire_lock(r.workdir, force=force_locks)
-    if lock is None:
-      print(f"{tag}: running elsewhere ({lock_owner(r.workdir)}), skipped", flush=True)
+    owner = workdir_lib.holder(r.workdir)
+    if owner is not None:
+      print(f"{tag}: running elsewhere ({owner}), skipped", flush=True)
       counts["busy"] += 1
       continue
-    try:
-      if results_lib.is_finished(r.workdir):  # finished between the check and the lock
-        counts["finished_before"] += 1
-        continue
-      argv = r.argv(python, extra)
-      print(f"{tag}: {shlex.join(argv)}", flush=True)
-      t0 = time.time()
-      if verbose:
-        rc = subprocess.run(argv).returncode
-      else:
-        with open(Path(r.workdir) / "train.log", "a") as log:
-          log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} {shlex.join(argv)}\n")
-          log.flush()
-          rc = subprocess.run(argv, stdout=log, stderr=subprocess.STDOUT).returncode
-      ok = rc == 0 and results_lib.is_finished(r.workdir)
-      print(f"{tag}: {'done' if ok else f'FAILED (exit {rc})'} in {time.time() - t0:.0f} s"
-            + ("" if ok or verbose else f", see {Path(r.workdir) / 'train.log'}"), flush=True)
-      counts["done" if ok else "failed"] += 1
-      if not ok and stop_on_error:
-        break
-    finally:
-      lock.unlink(missing_ok=True)
+    if diverged(r.workdir):
+      print(f"{tag}: diverged before, see {Path(r.workdir) / results_lib.DIVERGED}", flush=True)
+      counts["failed"] += 1
+      continue
+    argv = r.argv(python, extra)
+    print(f"{tag}: {shlex.join(argv)}", flush=True)
+    t0 = time.time()
+    Path(r.workdir).mkdir(parents=True, exist_ok=True)
+    if verbose:
+      rc = subprocess.run(argv).returncode
+    else:
+      with open(Path(r.workdir) / "train.log", "a") as log:
+        log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} {shlex.join(argv)}\n")
+        log.flush()
+        rc = subprocess.run(argv, stdout=log, stderr=subprocess.STDOUT).returncode
+    if rc == workdir_lib.WorkdirBusy.exit_code:  # another process took the run meanwhile
+      print(f"{tag}: running elsewhere ({workdir_lib.owner(r.workdir)}), skipped", flush=True)
+      counts["busy"] += 1
+      continue
+    ok = rc == 0 and results_lib.is_finished(r.workdir)
+    print(f"{tag}: {'done' if ok else f'FAILED (exit {rc})'} in {time.time() - t0:.0f} s"
+          + ("" if ok or verbose else f", see {Path(r.workdir) / 'train.log'}"), flush=True)
+    counts["done" if ok else "failed"] += 1
+    if not ok and stop_on_error:
+      break
   return counts
 
 
@@ -393,8 +360,6 @@ def build_parser() -> argparse.ArgumentParser:
                   help="emit bare train.py commands, without `test -f final.json ||`")
   ap.add_argument("--python", default=sys.executable, help="interpreter in the commands")
   ap.add_argument("--shard", help="--run only the runs i with i %% N == K (K/N)")
-  ap.add_argument("--force-locks", action="store_true",
-                  help="--run: take over locks of other hosts (after a crash)")
   ap.add_argument("--stop-on-error", action="store_true", help="--run: stop at the first failure")
   ap.add_argument("--verbose", action="store_true", help="--run: train output to the console")
   ap.add_argument("--allow-mixed", action="store_true",
@@ -421,17 +386,24 @@ def main(argv=None) -> int:
 
   if args.status:
     done = [r for r in runs if results_lib.is_finished(r.workdir)]
-    busy = [r for r in runs if r not in done and lock_owner(r.workdir)]
+    busy = {r: workdir_lib.holder(r.workdir) for r in runs if r not in done}
+    busy = {r: o for r, o in busy.items() if o is not None}
+    bad = [r for r in runs if r not in done and r not in busy and diverged(r.workdir)]
     print(f"{len(runs)} runs: {len(done)} finished, {len(busy)} running (locked), "
-          f"{len(runs) - len(done) - len(busy)} pending")
-    for r in busy:
-      print(f"  running: {r.workdir} ({lock_owner(r.workdir)})")
+          f"{len(bad)} diverged, {len(runs) - len(done) - len(busy) - len(bad)} pending")
+    for r, o in busy.items():
+      print(f"  running: {r.workdir} ({o})")
+    for r in bad:
+      print(f"  diverged: {r.workdir} (see {results_lib.DIVERGED})")
+    for r in runs:
+      if r not in busy and workdir_lib.stale(r.workdir):
+        print(f"  stale lock (no live process holds it): {Path(r.workdir) / LOCK}")
     return 0
 
   record_protocol(args.results, extra, allow_mixed=args.allow_mixed)
   if args.run:
-    counts = run_all(runs, args.python, extra, shard=shard, force_locks=args.force_locks,
-                     stop_on_error=args.stop_on_error, verbose=args.verbose)
+    counts = run_all(runs, args.python, extra, shard=shard, stop_on_error=args.stop_on_error,
+                     verbose=args.verbose)
     print(", ".join(f"{v} {k.replace('_', ' ')}" for k, v in counts.items()))
     return 1 if counts["failed"] else 0
 

@@ -9,16 +9,23 @@ With network the data comes from tensorflow-datasets and the weights from the pu
 data and random weights. Every field of ``trady_jax.config.Config`` is a ``--flag``. Progress bars
 show loss, accuracy, images/s and the budget in use; ``WORKDIR/metrics.jsonl`` gets one line per
 epoch; checkpoints go to ``WORKDIR/checkpoints`` and an interrupted run resumes where it stopped.
+
+Bad flags are refused before any work, one line ``error: ...`` on stderr (exit 2). One process
+trains a workdir at a time (exit 75 when another holds it); a run whose loss or parameters stop
+being finite stops (exit 3, ``WORKDIR/diverged.json``, no checkpoint of it); rerunning a finished
+run changes nothing.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
+import sys
 
 import common
 
-from trady_jax import config, parallel, results
+from trady_jax import config, parallel, results, workdir
 
 # The embedded default: a short TraDy fine-tuning (a couple of minutes on a laptop CPU).
 # lr 0.03: at the papers' 0.125 the BN-folded nets diverge (offline, this preset: train loss 81 in
@@ -28,27 +35,35 @@ QUICK = config.Config(strategy="trady", train_limit=2000, test_limit=1000, epoch
 
 
 def main(argv=None):
-  ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+  ap = config.ArgumentParser(description=__doc__, allow_abbrev=False,
+                             formatter_class=argparse.RawDescriptionHelpFormatter)
   ap.add_argument("--workdir", default="", help="run folder (default runs/<arch>-<strategy>-...)")
   config.add_arguments(ap, QUICK)
   args = ap.parse_args(argv)
-  parallel.initialize()  # joins a multi-host job when the environment describes one
   cfg = config.from_args(args)
-  workdir = args.workdir or (f"runs/{cfg.arch}-{cfg.dataset.replace(':', '_').replace('/', '_')}-"
-                             f"{cfg.strategy}-b{cfg.budget}-s{cfg.seed}")
-  run = common.make_run(cfg, workdir)
-  final = run.run()
-  final.update(run.info, workdir=workdir, strategy=cfg.strategy, arch=cfg.arch,
-               dataset=cfg.dataset, budget=cfg.budget, seed=cfg.seed)
-  results.write_json_atomic(run.workdir / "final.json", final)
-  print(f"final test accuracy {final.get('test_accuracy', float('nan')):.4f}  "
-        f"budget used {final['units']:,.0f} units  weight sparsity {final['weight_sparsity']:.3f}  "
-        f"activation sparsity {final['activation_sparsity']:.3f}  dW FLOPs saved "
-        f"{final['flops_saved']:.3f}  compilations {final['compilations']}  "
-        f"wall {final['wall_s']:.0f} s")
+  common.check_config(cfg)
+  parallel.initialize()  # joins a multi-host job when the environment describes one
+  wd = args.workdir or (f"runs/{cfg.arch}-{cfg.dataset.replace(':', '_').replace('/', '_')}-"
+                        f"{cfg.strategy}-b{cfg.budget}-s{cfg.seed}")
+  with workdir.locked(wd):
+    run = common.make_run(cfg, wd)
+    final = run.run()
+    if not run.epochs_trained and results.is_finished(wd):
+      print(f"{wd} had finished; its final.json is left as it was")
+      final = json.loads((run.workdir / "final.json").read_text())
+    else:
+      final.update(run.info, workdir=wd, strategy=cfg.strategy, arch=cfg.arch,
+                   dataset=cfg.dataset, budget=cfg.budget, seed=cfg.seed)
+      results.write_json_atomic(run.workdir / "final.json", final)
+  g = {k: final.get(k, math.nan) for k in ("test_accuracy", "units", "weight_sparsity",
+                                           "activation_sparsity", "flops_saved", "wall_s")}
+  print(f"final test accuracy {g['test_accuracy']:.4f}  budget used {g['units']:,.0f} units  "
+        f"weight sparsity {g['weight_sparsity']:.3f}  activation sparsity "
+        f"{g['activation_sparsity']:.3f}  dW FLOPs saved {g['flops_saved']:.3f}  "
+        f"compilations {final.get('compilations')}  wall {g['wall_s']:.0f} s")
   print(json.dumps(final))
   return final
 
 
 if __name__ == "__main__":
-  main()
+  sys.exit(common.cli(main))

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from trady_jax import results as R
+from trady_jax import workdir
 from trady_jax.models.schemes import PAPER_BUDGETS
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
@@ -121,11 +122,13 @@ def test_skip_finished_runs(tmp_path, capsys):
 
 
 def test_locks_and_shards(tmp_path):
-  wd = str(tmp_path / "run")
-  lock = grid.acquire_lock(wd)
-  assert lock is not None and grid.acquire_lock(wd) is None  # held by this live process
-  lock.write_text(json.dumps({"host": grid.socket.gethostname(), "pid": 2 ** 22 + 12345}))
-  assert grid.acquire_lock(wd) is not None  # a dead process's lock is taken over
+  wd = tmp_path / "run"
+  wd.mkdir()
+  (wd / grid.LOCK).write_text(json.dumps({"host": "here", "pid": 2 ** 22 + 12345}))
+  assert workdir.holder(wd) is None and workdir.stale(wd)  # a dead process's lock: stale
+  with workdir.locked(wd):  # and taken over
+    assert workdir.holder(wd) is not None and not workdir.stale(wd)
+  assert not (wd / grid.LOCK).exists()
   assert grid.parse_shard("1/3") == (1, 3)
   with pytest.raises(ValueError):
     grid.parse_shard("3/3")

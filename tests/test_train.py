@@ -38,7 +38,7 @@ class _Pair(tuple):
 def _run(tmp, strategy, **kw):
   cfg = config.Config(arch="tiny", pretrained=False, image_size=SIZE, dataset="synthetic",
                       strategy=strategy, budget=3000, epochs=2, warmup_epochs=1, batch_size=16,
-                      lr=0.05, progress=False, **kw)
+                      progress=False, **{"lr": 0.05, **kw})
   model = TinyCNN(num_classes=4)
   params = model.init(jax.random.key(cfg.seed), jnp.zeros((1, SIZE, SIZE, 3)))["params"]
   c = costs.trace(model, (1, SIZE, SIZE, 3))

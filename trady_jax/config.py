@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import inspect
 import json
+import math
+import re
 from typing import Any
 
 # Epochs per dataset in the papers (method-spec 10); the 5 warm-up epochs come on top.
@@ -28,7 +31,7 @@ class Config:
   train_limit: int = 0              # use only this many (class-balanced) train images; 0 = all
   test_limit: int = 0               # likewise for the test split
   batch_size: int = 32              # the predecessor code's 32
-  num_workers: int = 2              # decoding/augmentation threads
+  num_workers: int = 2              # decoding/augmentation threads (>= 1)
   # --- strategy and budget ---
   strategy: str = "trady"           # a name from trady_jax.strategies.REGISTRY
   budget: int = 27946               # B_mem in units (elements of weights + activations per sample)
@@ -43,14 +46,28 @@ class Config:
                                     # same result; 1 = off
   oracle_batches: int = 4           # batches of full gradient for Det RGN / Prob Raw selections
   # --- optimisation (method-spec 10) ---
-  epochs: int = 0                   # training epochs after warm-up; 0 = the papers' per dataset
+  epochs: int = 0                   # training epochs after warm-up; 0 = the papers' default for
+                                    # the dataset (cifar10 100, cub200/pets/flowers102 200, else 50)
   warmup_epochs: int = 5            # linear warm-up from 0 to lr, counted on top of `epochs`
   lr: float = 0.125                 # peak learning rate (SGD, no momentum, no weight decay)
-  seed: int = 0                     # the papers use 0, 42, 100
+  seed: int = 0                     # 0 <= seed < 2**32; the papers use 0, 42, 100
   # --- bookkeeping ---
   eval_every: int = 1               # evaluate the test split every this many epochs (and last)
   max_steps_per_epoch: int = 0      # cap on steps per epoch, for smoke runs; 0 = no cap
   progress: bool = True             # tqdm progress bars
+
+  def validate(self) -> "Config":
+    """``self`` when every field is in range, else ``ConfigError`` naming the first bad one."""
+    for name, ok, need in _RULES:
+      value = getattr(self, name)
+      if isinstance(value, bool) or not ok(value):
+        raise ConfigError(f"--{name.replace('_', '-')} {value!r}: must be {need}")
+    from trady_jax.strategies import REGISTRY  # noqa: PLC0415 (imports jax)
+    if self.strategy.lower() not in REGISTRY:
+      raise ConfigError(f"--strategy {self.strategy!r}: unknown; known: {', '.join(REGISTRY)}")
+    if self.dataset.startswith("folder:") and not self.dataset[len("folder:"):]:
+      raise ConfigError("--dataset folder:PATH needs a PATH")
+    return self
 
   def total_epochs(self) -> int:
     epochs = self.epochs or PAPER_EPOCHS.get(self.dataset, 50)
@@ -64,6 +81,63 @@ class Config:
     return cls(**json.loads(text))
 
 
+class ConfigError(ValueError):
+  """A setting is out of range, inconsistent, or names something that does not exist."""
+  exit_code = 2
+
+
+def _int(lo: int, hi: float = math.inf):
+  return lambda v: isinstance(v, int) and lo <= v < hi
+
+
+def _share(v) -> bool:
+  return isinstance(v, (int, float)) and 0 < v <= 1
+
+
+# (field, check, what it must be): the range of every numeric field.
+_RULES = (
+    ("image_size", _int(8, 4097), "an integer from 8 to 4096"),
+    ("train_limit", _int(0), ">= 0 (0 = all)"),
+    ("test_limit", _int(0), ">= 0 (0 = all)"),
+    ("batch_size", _int(1), ">= 1"),
+    ("num_workers", _int(1), ">= 1"),
+    ("budget", _int(0), ">= 0 units"),
+    ("su_scheme", _int(1, 6), "1, 2, 3, 4 or 5"),
+    ("topk_share", _share, "in (0, 1]"),
+    ("alpha", _share, "in (0, 1]"),
+    ("prefix_chunks", _int(1), ">= 1 (1 = off)"),
+    ("oracle_batches", _int(1), ">= 1"),
+    ("epochs", _int(0), ">= 0 (0 = the papers' default for the dataset)"),
+    ("warmup_epochs", _int(0), ">= 0"),
+    ("lr", lambda v: isinstance(v, (int, float)) and math.isfinite(v) and v > 0,
+     "a finite number > 0"),
+    ("seed", _int(0, 2 ** 32), "an integer from 0 to 2**32 - 1"),
+    ("eval_every", _int(1), ">= 1"),
+    ("max_steps_per_epoch", _int(0), ">= 0 (0 = no cap)"),
+)
+
+
+class ArgumentParser(argparse.ArgumentParser):
+  """``argparse`` that reports a bad flag in one line, ``error: ...``, and exits 2."""
+
+  def error(self, message):
+    self.exit(2, f"error: {message} (see --help)\n")
+
+
+def field_help() -> dict[str, str]:
+  """``{field: its comment in the Config source}`` (continuation lines joined)."""
+  out, name = {}, None
+  for line in inspect.getsource(Config).splitlines():
+    m = re.match(r"\s+(\w+): [^=]+=.*?#\s?(.*)$", line)
+    if m:
+      name, out[m.group(1)] = m.group(1), m.group(2).strip()
+    elif name and re.match(r"\s+#", line) and not line.strip().startswith("# ---"):
+      out[name] += " " + line.strip()[1:].strip()
+    else:
+      name = None
+  return out
+
+
 def _parse_bool(v: str) -> bool:
   if v.lower() in ("1", "true", "yes", "on"):
     return True
@@ -73,13 +147,16 @@ def _parse_bool(v: str) -> bool:
 
 
 def add_arguments(parser: argparse.ArgumentParser, defaults: Config | None = None) -> None:
-  """One ``--field`` option per config field, with the field's default."""
+  """One ``--field`` option per config field, with the field's default and comment as help."""
   defaults = defaults or Config()
+  comments = field_help()
   for f in dataclasses.fields(Config):
     typ = _parse_bool if f.type in ("bool", bool) else {"int": int, "float": float}.get(
         str(f.type), str)
-    parser.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, type=typ,
-                        default=getattr(defaults, f.name))
+    default = getattr(defaults, f.name)
+    text = f"{comments.get(f.name, '')} (default: {default!r})".replace("%", "%%")
+    parser.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, type=typ, default=default,
+                        help=text.strip(), metavar=str(f.type).upper())
 
 
 def from_args(args: argparse.Namespace) -> Config:

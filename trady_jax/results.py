@@ -32,6 +32,7 @@ import numpy as np
 
 FULL = "full"  # budget key of full fine-tuning, whatever --budget the run was given
 BASELINE = "baseline"  # the strategy that ignores the budget
+DIVERGED = "diverged.json"  # beside final.json: the run diverged (written by trady_jax.train)
 # Dataset columns in the papers' order; other datasets follow alphabetically.
 DATASET_ORDER = ("cifar10", "cifar100", "cub200", "flowers102", "food101", "pets", "vww")
 # Row order of strategies (trady_jax.strategies.REGISTRY order, full fine-tuning last, as in the
@@ -162,6 +163,9 @@ def parse_record(record: Any, path: str = "") -> Run:
     missing.append("budget")
   if missing:
     raise ValueError(f"missing {', '.join(missing)} (an unfinished or foreign record?)")
+  bad = sorted(k for k, v in record.items() if isinstance(v, float) and not math.isfinite(v))
+  if bad:
+    raise ValueError(f"{', '.join(bad)} not finite (a diverged run?)")
   acc = record["test_accuracy"]
   if isinstance(acc, bool) or not isinstance(acc, (int, float)) or not math.isfinite(acc):
     raise ValueError(f"test_accuracy {acc!r} is not a finite number")
@@ -186,11 +190,14 @@ def read_final(path: str | os.PathLike) -> Run:
     record = json.loads(text)
   except json.JSONDecodeError as e:
     raise ValueError(f"not valid JSON ({e}; partly written?)") from None
+  if Path(path).with_name(DIVERGED).exists():
+    raise ValueError(f"the run diverged (see {Path(path).with_name(DIVERGED)})")
   return parse_record(record, str(path))
 
 
 def is_finished(workdir: str | os.PathLike) -> bool:
-  """True when ``workdir/final.json`` is a complete run record."""
+  """True when ``workdir/final.json`` is a complete, finite run record of a run that did not
+  diverge."""
   try:
     read_final(Path(workdir) / "final.json")
     return True

@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from trady_jax import selection as sel
+from trady_jax.config import ConfigError
 from trady_jax.costs import LayerCost, NetworkCosts
 
 PyTree = Any
@@ -41,8 +42,8 @@ def check_budget(layers: Sequence[LayerCost], budget: int) -> None:
     raise ValueError("no candidate layers to sample from")
   cheapest = min(layers, key=lambda l: l.memory)
   if budget < cheapest.memory:
-    raise ValueError(f"budget of {budget:,} units is smaller than the cheapest channel "
-                     f"({cheapest.memory:,} units, {cheapest.path}); nothing can be trained")
+    raise ConfigError(f"budget of {budget:,} units is smaller than the cheapest channel "
+                      f"({cheapest.memory:,} units, {cheapest.path}); nothing can be trained")
 
 
 def uniform_counts(layers: Sequence[LayerCost], budget: int) -> dict[str, int]:

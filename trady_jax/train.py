@@ -9,6 +9,7 @@ killed at any point restarts from its last finished epoch and reaches the same f
 from __future__ import annotations
 
 import json
+import math
 import time
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -19,13 +20,38 @@ import numpy as np
 import optax
 from tqdm.auto import tqdm
 
-from trady_jax import checkpoint, parallel, ranking, steps, strategies
+from trady_jax import checkpoint, parallel, ranking, results, steps, strategies, workdir
 from trady_jax import selection as sel
-from trady_jax.config import Config
+from trady_jax.config import Config, ConfigError
 from trady_jax.costs import NetworkCosts, trace
 from trady_jax.sparse_update import sparse_update
 
 PyTree = Any
+
+
+class DivergedError(RuntimeError):
+  """Training reached a non-finite loss or parameter; the run stopped before saving it."""
+  exit_code = 3
+
+  def __init__(self, epoch: int, step: int | None, what: str):
+    self.record = {"epoch": epoch, "step": step, "what": what}
+    at = f"epoch {epoch}" + ("" if step is None else f", step {step}")
+    super().__init__(f"training diverged at {at} ({what}); nothing of that epoch was saved. "
+                     "Try a lower --lr in a new workdir")
+
+
+@jax.jit
+def _all_finite(tree: PyTree) -> jax.Array:
+  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
+
+
+def _check_finite(epoch: int, record: Mapping, params: PyTree) -> None:
+  """``DivergedError`` unless the parameters and the epoch's losses are all finite."""
+  if not bool(_all_finite(params)):
+    raise DivergedError(epoch, None, "non-finite parameters")
+  for k in ("train_loss", "test_loss"):
+    if k in record and not math.isfinite(record[k]):
+      raise DivergedError(epoch, None, f"{k} {record[k]}")
 
 
 def learning_rate(cfg: Config, steps_per_epoch: int) -> optax.Schedule:
@@ -76,8 +102,8 @@ class Run:
     self.sampler_key = jax.random.fold_in(root, 1)
     n = len(train_source) // cfg.batch_size
     if n == 0:
-      raise ValueError(f"{len(train_source)} training images do not make one batch of "
-                       f"{cfg.batch_size}")
+      raise ConfigError(f"{len(train_source)} training images do not make one batch of "
+                        f"{cfg.batch_size}")
     self.steps_per_epoch = min(n, cfg.max_steps_per_epoch) if cfg.max_steps_per_epoch else n
     schedule = learning_rate(cfg, self.steps_per_epoch)
     self.schedule = schedule
@@ -140,8 +166,25 @@ class Run:
             "key": jax.random.key_data(self.sampler_key)}
 
   def run(self, on_epoch_end: Callable[[int, dict], None] | None = None) -> dict:
-    """Train to the end (resuming if a checkpoint exists); return the final metrics."""
+    """Train to the end (resuming if a checkpoint exists); return the final metrics.
+
+    The workdir is locked meanwhile (``workdir.WorkdirBusy`` when another process trains there).
+    A non-finite loss or parameter stops the run with ``DivergedError`` and ``results.DIVERGED``;
+    ``self.epochs_trained`` is 0 when the run had finished before.
+    """
+    with workdir.locked(self.workdir):
+      try:
+        return self._run(on_epoch_end)
+      except DivergedError as e:
+        results.write_json_atomic(self.workdir / results.DIVERGED, {**e.record, "message": str(e)})
+        raise
+
+  def _run(self, on_epoch_end) -> dict:
     cfg = self.cfg
+    if (self.workdir / results.DIVERGED).exists():
+      raise workdir.WorkdirError(f"{self.workdir} holds a run that diverged (see "
+                                 f"{self.workdir / results.DIVERGED}); use another workdir, or "
+                                 "delete that file to try again")
     ckpt = checkpoint.RunCheckpoints(self.workdir, cfg.to_json())
     params = self.params0
     opt_state = self.tx.init(params)
@@ -159,13 +202,15 @@ class Run:
             {p: np.asarray(i, np.int32) for p, i in meta["selection"].items()}, params, self.costs)
       _truncate_metrics(metrics_path, start)
       print(f"resuming {self.workdir} after epoch {start}")
-    elif metrics_path.exists():
-      metrics_path.unlink()
+    else:
+      _check_nothing_to_lose(self.workdir)
+      metrics_path.unlink(missing_ok=True)
     params, opt_state = self._place(params), self._place(opt_state)
     total_epochs = cfg.total_epochs()
     # A finished run restored from its last checkpoint reports that checkpoint's metrics.
     record: dict = dict(restored[2].get("metrics", {})) if restored is not None else {}
-    t_run = time.time()
+    t_run, wall0 = time.time(), record.get("wall_s", 0.0)
+    self.epochs_trained = max(total_epochs - start, 0)
     for epoch in range(start, total_epochs):
       self._epoch = epoch
       if epoch == 0 or self.strategy.dynamic:
@@ -176,9 +221,10 @@ class Run:
       sampler_state = self.selector.observe(sampler_state, norms, selection)
       record = {"epoch": epoch + 1, **train_metrics, **usage,
                 "lr": float(self.schedule((epoch + 1) * self.steps_per_epoch - 1)),
-                "compilations": self.compilations}
+                "compilations": self.compilations, "wall_s": wall0 + time.time() - t_run}
       if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == total_epochs:
         record.update(self.evaluate(params))
+      _check_finite(epoch + 1, record, params)
       ckpt.save(epoch + 1, self._state(params, opt_state, sampler_state),
                 {"metrics": record,
                  "selection": {p: i.tolist()
@@ -189,7 +235,9 @@ class Run:
         on_epoch_end(epoch + 1, record)
     ckpt.close()
     self.params = params
-    return {**record, "wall_s": time.time() - t_run, "compilations": self.compilations}
+    if not self.epochs_trained:  # finished before: its record as it was
+      return record
+    return {**record, "wall_s": wall0 + time.time() - t_run, "compilations": self.compilations}
 
   @property
   def compilations(self) -> int:
@@ -211,8 +259,10 @@ class Run:
       if "channel_norms" in m:
         cn = m.pop("channel_norms")
         norms = cn if norms is None else jax.tree.map(jnp.add, norms, cn)
-      m = jax.device_get(m)
+      m = jax.device_get(m)  # fetched for the progress bar anyway: checking it costs no sync
       n += 1
+      if not math.isfinite(float(m["loss"])):
+        raise DivergedError(epoch + 1, n, f"loss {float(m['loss'])}")
       sums = {k: sums[k] + float(m[k]) for k in sums}
       bar.set_postfix(loss=f"{sums['loss'] / n:.3f}", acc=f"{sums['accuracy'] / n:.3f}",
                       img_s=f"{n * cfg.batch_size / (time.time() - t0):.0f}",
@@ -226,10 +276,31 @@ class Run:
                                "epoch_s": dt}, norms or {}
 
 
+def _metric_lines(path: Path) -> list[tuple[str, dict]]:
+  """``(line, record)`` of every readable line of a metrics file (a damaged line is dropped)."""
+  out = []
+  for line in path.read_text(errors="replace").splitlines() if path.exists() else ():
+    try:
+      rec = json.loads(line)
+    except ValueError:
+      continue
+    if isinstance(rec, dict) and isinstance(rec.get("epoch"), int):
+      out.append((line, rec))
+  return out
+
+
 def _truncate_metrics(path: Path, epochs: int) -> None:
   """Keep the metric lines of the first ``epochs`` epochs (those the checkpoint covers)."""
-  if not path.exists():
-    return
-  lines = [l for l in path.read_text().splitlines() if l.strip()]
-  kept = [l for l in lines if json.loads(l)["epoch"] <= epochs]
-  path.write_text("".join(l + "\n" for l in kept))
+  if path.exists():
+    kept = [l for l, rec in _metric_lines(path) if rec["epoch"] <= epochs]
+    results.write_text_atomic(path, "".join(l + "\n" for l in kept))
+
+
+def _check_nothing_to_lose(wd: Path) -> None:
+  """``WorkdirError`` when a fresh start would throw away the results of an earlier run."""
+  kept = [f for f in ("final.json", "metrics.jsonl") if (wd / f).exists()]
+  if kept and (kept != ["metrics.jsonl"] or _metric_lines(wd / "metrics.jsonl")):
+    raise workdir.WorkdirError(
+        f"{wd} holds {' and '.join(kept)} of an earlier run but no checkpoint to resume from "
+        f"({wd / 'checkpoints'} is missing, empty or renamed): put the checkpoints back to "
+        "resume, move those files away to start over, or use another workdir")
