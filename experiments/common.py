@@ -17,6 +17,7 @@ if str(ROOT) not in sys.path:  # let `python experiments/x.py` import the packag
 from trady_jax import checkpoint, ranking, rankings, strategies, train, workdir  # noqa: E402
 from trady_jax import costs as costs_lib  # noqa: E402
 from trady_jax.config import ConfigError  # noqa: E402
+from trady_jax.data.folder import ImageError  # noqa: E402
 from trady_jax.models import registry, schemes  # noqa: E402
 from trady_jax.models.tiny import TinyCNN  # noqa: E402
 
@@ -55,7 +56,8 @@ def load_ranking(arch: str, path: str = "", costs=None):
 
 
 # Failures the user can act on: one line on stderr, no traceback (see ``cli``).
-USER_ERRORS = (ConfigError, workdir.WorkdirError, train.DivergedError, checkpoint.CheckpointError)
+USER_ERRORS = (ConfigError, workdir.WorkdirError, train.DivergedError, checkpoint.CheckpointError,
+               ImageError)
 
 
 def cli(main: Callable[[], object]) -> int:
@@ -160,6 +162,8 @@ def open_data(cfg):
           flush=True)
     train, test = data.open_dataset("synthetic", "train"), data.open_dataset("synthetic", "test")
     where = "generated data"
+  except ValueError as e:  # e.g. an undecodable image or an empty class folder
+    raise ConfigError(f"--dataset {cfg.dataset}: {' '.join(str(e).split())}") from None
   num_classes = getattr(train, "num_classes", None) or 10
   train = _limit(train, cfg.train_limit, num_classes, cfg.seed)
   test = _limit(test, cfg.test_limit, num_classes, cfg.seed)

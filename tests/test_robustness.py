@@ -83,6 +83,21 @@ def test_bad_flags_are_refused_in_one_line(tmp_path, capsys, flags, says):
   assert not wd.exists()  # refused before any work
 
 
+@pytest.mark.parametrize("content, code, says", [
+    (None, 2, "holds no .jpg"), (b"not an image", 1, "cannot decode image")])
+def test_bad_image_folders_are_refused(tmp_path, capsys, content, code, says):
+  root = tmp_path / "images"
+  for split in ("train", "test"):
+    (root / split / "a").mkdir(parents=True)
+    if content is not None:
+      (root / split / "a" / "x.jpg").write_bytes(content)
+  got, _, err = _main(capsys, SMOKE[:2] + ["--dataset", f"folder:{root}", "--batch-size", "1",
+                                           "--train-limit", "1", "--strategy", "baseline",
+                                           "--image-size", "32", "--progress", "false",
+                                           "--workdir", str(tmp_path / "run")])
+  assert got == code and len(err) == 1 and err[0].startswith("error: ") and says in err[0], err
+
+
 def test_refusal_in_a_process_has_no_traceback(tmp_path):
   for flags in (["--lr", "nan"], ["--dataset", f"folder:{tmp_path / 'missing'}"],
                 ["--strategy", "nope"]):
