@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-import warnings
 from pathlib import Path
 from typing import Callable
 
@@ -24,22 +23,31 @@ from trady_jax.models.tiny import TinyCNN  # noqa: E402
 
 def load_model(arch: str, num_classes: int, *, pretrained: bool = True, weights_dir: str = "",
                seed: int = 0, image_size: int = 128, download: bool = False):
-  """``(module, params, pretrained_loaded)``: pretrained weights when found (local copies first,
-  then, with ``download``, the public ones), else random weights, loudly."""
+  """``(module, params, pretrained_loaded)`` with BatchNorm folded (``load_network``)."""
+  net, loaded = load_network(arch, num_classes, pretrained=pretrained, weights_dir=weights_dir,
+                             seed=seed, image_size=image_size, download=download)
+  return net.module, net.params, loaded
+
+
+def load_network(arch: str, num_classes: int, *, bn: str = "folded", calibration=None,
+                 pretrained: bool = True, weights_dir: str = "", seed: int = 0,
+                 image_size: int = 128, download: bool = False):
+  """``(registry.Network, pretrained_loaded)``: pretrained weights when found (local copies
+  first, then, with ``download``, the public ones), else random weights, loudly. ``calibration``:
+  training-image batches that restore BN in BN-folded weights (``registry.load_network``)."""
   if arch == "tiny":
-    m = TinyCNN(num_classes=num_classes)
-    return m, m.init(jax.random.key(seed), jnp.zeros((1, image_size, image_size, 3)))["params"], False
+    m = TinyCNN(num_classes=num_classes, bn=bn)
+    v = m.init(jax.random.key(seed), jnp.zeros((1, image_size, image_size, 3)))
+    fresh = tuple(k for k in v["params"] if k != "classifier")
+    return registry.Network(m, v["params"], v.get("batch_stats"), fresh, ""), False
   if pretrained:
     try:
-      with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the fresh feature-mix conv is reported below
-        m, p = registry.load_model(arch, num_classes, weights_dir=weights_dir or None, seed=seed,
-                                   download=download)
-      return m, p, True
+      return registry.load_network(arch, num_classes, bn=bn, calibration=calibration,
+                                   weights_dir=weights_dir or None, seed=seed,
+                                   download=download), True
     except (FileNotFoundError, OSError) as e:
       print(f"WARNING: {e}\nWARNING: continuing with randomly initialised weights", flush=True)
-  m, p = registry.load_model(arch, num_classes, pretrained=False, seed=seed)
-  return m, p, False
+  return registry.load_network(arch, num_classes, bn=bn, pretrained=False, seed=seed), False
 
 
 def load_ranking(arch: str, path: str = "", costs=None):
@@ -180,13 +188,26 @@ def _limit(source, n, num_classes, seed):
   return data.Subset(source, range(n))
 
 
+def calibration_batches(cfg, source, images: int = 256):
+  """Batches of the first ``images`` training images, no augmentation: the calibration data that
+  restores BatchNorm in the BN-folded int8 weights (drawn only when used: a generator)."""
+  from trady_jax import data
+  n = max(1, min(images, len(source)) // cfg.batch_size)
+  it = data.batches(source, cfg.batch_size, train=False, seed=cfg.seed, epoch=0,
+                    num_workers=cfg.num_workers, image_size=cfg.image_size, pad_remainder=False)
+  return (b["image"] for _, b in zip(range(n), it))
+
+
 def make_run(cfg, workdir):
   """A ``trady_jax.train.Run`` for a config: model, data, ranking and SU scheme resolved."""
   from trady_jax import data
   train_src, test_src, num_classes, where = open_data(cfg)
-  model, params, pretrained = load_model(cfg.arch, num_classes, pretrained=cfg.pretrained,
-                                         weights_dir=cfg.weights_dir, seed=cfg.seed,
-                                         image_size=cfg.image_size, download=not cfg.offline)
+  net, pretrained = load_network(cfg.arch, num_classes, bn=cfg.bn,
+                                 calibration=calibration_batches(cfg, train_src),
+                                 pretrained=cfg.pretrained, weights_dir=cfg.weights_dir,
+                                 seed=cfg.seed, image_size=cfg.image_size,
+                                 download=not cfg.offline)
+  model, params = net.module, net.params
   costs = costs_lib.trace(model, (1, cfg.image_size, cfg.image_size, 3))
   strategy = strategies.get(cfg.strategy)
   doc = load_ranking(cfg.arch, cfg.ranking, costs) if strategy.needs_ranking else None
@@ -200,6 +221,10 @@ def make_run(cfg, workdir):
   print(f"{cfg.arch} ({'pretrained' if pretrained else 'random init'}), {len(train_src)} train / "
         f"{len(test_src)} test images from {where}, strategy {cfg.strategy}, "
         f"budget {cfg.budget:,} units", flush=True)
+  print(f"training on {len(train_src)} images, {cfg.total_epochs()} epochs "
+        f"({cfg.warmup_epochs} warm-up), lr {cfg.lr}, bn {cfg.bn}, weights "
+        f"{net.weights or 'none (random init)'}; random-init layers: "
+        f"{', '.join(net.random_init_layers) or 'none'}", flush=True)
 
   def batches(source, batch_size, *, train, seed, epoch):
     return data.batches(source, batch_size, train=train, seed=seed, epoch=epoch,
@@ -207,7 +232,9 @@ def make_run(cfg, workdir):
                         pad_remainder=not train)
 
   run = train.Run(cfg, workdir, model=model, params=params, train_source=train_src,
-                  test_source=test_src, batches=batches, ranking_doc=doc, scheme_counts=counts)
+                  test_source=test_src, batches=batches, ranking_doc=doc, scheme_counts=counts,
+                  batch_stats=net.batch_stats)
   run.info = {"pretrained": pretrained, "data": where, "train_images": len(train_src),
-              "test_images": len(test_src)}
+              "test_images": len(test_src), "bn": cfg.bn, "weights_file": net.weights,
+              "random_init_layers": list(net.random_init_layers)}
   return run

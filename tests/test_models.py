@@ -155,14 +155,22 @@ def test_int8_errors(tmp_path):
 def test_load_model_from_dir_warns_on_fresh_feature_mix(tmp_path):
   desc, arrays = tiny_int8(np.random.default_rng(2))
   write_int8(tmp_path, "mbv2-w0.35", desc, arrays)
+  with pytest.warns(UserWarning, match="no feature-mix conv; the network is built without it"):
+    net = registry.load_network("mbv2-w0.35", 7, weights_dir=tmp_path, source="int8")
+  assert "feature_mix" not in net.params and net.random_init_layers == ()
+  assert net.params["classifier"]["kernel"].shape == (8, 7)
   with pytest.warns(UserWarning, match="feature-mix.*8->448.*freshly initialised"):
-    model, params = registry.load_model("mbv2-w0.35", 7, weights_dir=tmp_path, source="int8")
+    net = registry.load_network("mbv2-w0.35", 7, weights_dir=tmp_path, source="int8",
+                                feature_mix=True)
+  assert net.random_init_layers == ("feature_mix",)
+  params = net.params
   assert params["feature_mix"]["kernel"].shape == (1, 1, 8, 448)
   assert params["classifier"]["kernel"].shape == (448, 7)
   np.testing.assert_array_equal(params["blocks_0"]["pointwise2"]["bias"],
                                 np.float32(arrays["pw.b"] * 0.02 * arrays["pw.s"]))
   with pytest.raises(ValueError, match="feature_mix=False"):
-    registry.load_model("mbv2-w0.35", weights_dir=tmp_path, source="int8", imagenet_head=True)
+    registry.load_model("mbv2-w0.35", weights_dir=tmp_path, source="int8", imagenet_head=True,
+                        feature_mix=True)
   model, params = registry.load_model("mbv2-w0.35", weights_dir=tmp_path, source="int8",
                                       feature_mix=False, imagenet_head=True)
   np.testing.assert_allclose(params["classifier"]["bias"], arrays["cls.b"] * 0.02 * arrays["cls.s"],

@@ -23,6 +23,9 @@ class Config:
   pretrained: bool = True           # load ImageNet weights (falls back to random init, loudly)
   weights_dir: str = ""             # folder of pretrained weights; '' = ../shared/weights or cache
   image_size: int = 128             # input resolution (the papers: 128)
+  bn: str = "train"                 # BatchNorm: 'train' (the papers: batch statistics, scale and
+                                    # shift trained), 'folded' (int8 deployment form) or 'shift'
+                                    # (batch statistics as constants, shift trained); batchnorm.py
   # --- data ---
   dataset: str = "cifar10"          # 'cifar10', 'cifar100', 'cub200', 'flowers102', 'food101',
                                     # 'pets', 'vww', 'folder:<root>' or 'synthetic'
@@ -65,6 +68,9 @@ class Config:
     from trady_jax.strategies import REGISTRY  # noqa: PLC0415 (imports jax)
     if self.strategy.lower() not in REGISTRY:
       raise ConfigError(f"--strategy {self.strategy!r}: unknown; known: {', '.join(REGISTRY)}")
+    from trady_jax.batchnorm import MODES  # noqa: PLC0415
+    if self.bn not in MODES:
+      raise ConfigError(f"--bn {self.bn!r}: unknown; known: {', '.join(MODES)}")
     if self.dataset.startswith("folder:") and not self.dataset[len("folder:"):]:
       raise ConfigError("--dataset folder:PATH needs a PATH")
     return self

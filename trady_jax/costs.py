@@ -41,6 +41,7 @@ class LayerCost:
     in_hw, out_hw: spatial input / output size (dense: tokens per sample, 1).
     weight, activation, macs: ``C^W_c``, ``C^A_c`` and ``(Theta_time)_c`` of one input channel.
     charged: counts towards ``B_mem`` (conv layers) or not (dense / classifier).
+    has_bn: a BatchNorm layer follows it (``SelectiveConv.bn`` not ``'folded'``); never charged.
   """
   path: str
   index: int
@@ -56,6 +57,7 @@ class LayerCost:
   activation: int
   macs: int
   charged: bool
+  has_bn: bool = False
 
   @property
   def memory(self) -> int:
@@ -172,7 +174,7 @@ def trace(model: nn.Module, input_shape: Sequence[int] = (1, 128, 128, 3),
       w = (cout // g) * kh * kw
       costs.append(LayerCost(path, conv_index, kind, cin, cout, g, (kh, kw), tuple(m.strides),
                              in_hw, out_hw, w, in_hw[0] * in_hw[1], w * out_hw[0] * out_hw[1],
-                             True))
+                             True, m.bn != "folded"))
       conv_index += 1
     else:
       tokens = int(np.prod(xs[1:-1])) if len(xs) > 2 else 1

@@ -21,7 +21,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from trady_jax import ops
+from trady_jax import batchnorm, ops
 from trady_jax import selection as sel
 
 Initializer = Callable[..., jax.Array]
@@ -58,6 +58,8 @@ class SelectiveConv(nn.Module):
     padding: ``'SAME_TORCH'`` (symmetric ``k // 2``), ``'VALID'``, an int, or explicit pairs.
     feature_group_count: 1, or the input channel count for a depthwise convolution.
     use_bias: add a bias (BatchNorm folded into conv + bias, as in the pretrained MCU nets).
+    bn: ``batchnorm.MODES``: ``'folded'`` (the bias above), or a ``batchnorm.BatchNorm`` named
+      ``bn`` after the conv (``'train'`` / ``'shift'``), whose shift replaces the conv bias.
   """
   features: int
   kernel_size: tuple[int, int] = (3, 3)
@@ -67,6 +69,7 @@ class SelectiveConv(nn.Module):
   use_bias: bool = True
   kernel_init: Initializer = nn.initializers.lecun_normal()
   bias_init: Initializer = nn.initializers.zeros_init()
+  bn: str = "folded"
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -83,6 +86,8 @@ class SelectiveConv(nn.Module):
       y = ops.selective_conv(x, kernel, s.idx, strides, padding, g)
     else:
       y = ops.conv2d(x, kernel, strides, padding, g)
+    if batchnorm.check_mode(self.bn) != "folded":
+      return batchnorm.BatchNorm(self.bn, name="bn")(y)
     if self.use_bias:
       bias, _ = _gate(self, "bias", self.param("bias", self.bias_init, (self.features,)))
       y = y + bias

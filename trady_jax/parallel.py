@@ -67,13 +67,19 @@ def replicate(tree: PyTree, m: Mesh) -> PyTree:
   return jax.device_put(tree, replicated(m))
 
 
-def jit_train_step(step: Callable, m: Mesh, **jit_kwargs) -> Callable:
-  """``jax.jit`` of ``step(params, opt_state, selection, batch)`` with data-parallel shardings."""
+def jit_train_step(step: Callable, m: Mesh, *, batch_stats: bool = False,
+                   **jit_kwargs) -> Callable:
+  """``jax.jit`` of ``step(params, opt_state, selection, batch[, batch_stats])`` with
+  data-parallel shardings. BN batch statistics are means over the sharded batch axis: XLA makes
+  them global (all-reduce), the same statistics as on one device."""
   rep = replicated(m)
-  return jax.jit(step, in_shardings=(rep, rep, rep, batch_sharded(m)),
+  return jax.jit(step, in_shardings=(rep, rep, rep, batch_sharded(m)) + (rep,) * batch_stats,
                  out_shardings=rep, **jit_kwargs)
 
 
-def jit_eval_step(step: Callable, m: Mesh) -> Callable:
-  """``jax.jit`` of ``eval_step(params, batch)`` with the batch sharded and sums replicated."""
-  return jax.jit(step, in_shardings=(replicated(m), batch_sharded(m)), out_shardings=replicated(m))
+def jit_eval_step(step: Callable, m: Mesh, *, batch_stats: bool = False) -> Callable:
+  """``jax.jit`` of ``eval_step(params, batch[, batch_stats])`` with the batch sharded and sums
+  replicated."""
+  rep = replicated(m)
+  return jax.jit(step, in_shardings=(rep, batch_sharded(m)) + (rep,) * batch_stats,
+                 out_shardings=rep)

@@ -118,12 +118,25 @@ def save(path: str | Path, state: Mapping, costs: NetworkCosts, **meta) -> None:
 
 
 def load(path: str | Path, costs: NetworkCosts | None = None) -> dict:
-  """Read a ranking written by ``save``; with ``costs``, check it names the same layers."""
+  """Read a ranking written by ``save``; with ``costs``, check it names every conv of the model.
+
+  A ranking of the papers' architecture used on a network built without some of its layers (the
+  int8 mbv2-w0.35 / proxyless-w0.3 have no feature-mix conv) keeps the layers the network has;
+  ``doc['dropped']`` lists the others.
+  """
   try:
     doc = json.loads(Path(path).read_text())
     layers = set(doc["layer_rgn"])
   except (OSError, ValueError, KeyError) as e:
     raise ValueError(f"{path}: not a trady_jax ranking file ({e})") from e
-  if costs is not None and layers != {l.path for l in costs.convs}:
-    raise ValueError(f"{path}: ranking layers do not match the model's conv layers")
+  if costs is None:
+    return doc
+  have = {l.path for l in costs.convs}
+  if not have <= layers:
+    raise ValueError(f"{path}: ranking layers do not match the model's conv layers "
+                     f"(missing {sorted(have - layers)[:3]})")
+  if layers != have:
+    doc = {k: ({p: x for p, x in v.items() if p in have}
+               if k in ("channel", "layer", "layer_rgn", "lara") else v) for k, v in doc.items()}
+    doc["dropped"] = sorted(layers - have)
   return doc

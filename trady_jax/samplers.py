@@ -99,14 +99,14 @@ class Sampler:
     budget: ``B_mem`` in units.
     scoring: ``'uniform'``, ``'weighted'`` or ``'deterministic'``.
     counts: fixed ``{path: k}`` per run (static shapes), or ``None`` for the papers' variable rule.
-    trainable: regexes of leaves trained whole (the classifier).
+    trainable: regexes of leaves trained whole (the classifier, BatchNorm).
   """
   template: PyTree
   layers: tuple[LayerCost, ...]
   budget: int
   scoring: str = "uniform"
   counts: Mapping[str, int] | None = None
-  trainable: tuple[str, ...] = ("classifier",)
+  trainable: tuple[str, ...] = sel.ALWAYS
 
   def __post_init__(self):
     # Keep only shapes: a sampler closed over by jit must not embed parameter values.

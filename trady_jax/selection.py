@@ -27,6 +27,9 @@ import optax
 PyTree = Any
 
 FROZEN = optax.MaskedNode()
+# Leaves every strategy trains whole, uncharged: the classifier (method-spec 1.2) and BatchNorm's
+# scale and shift (the papers' PyTorch protocol trains them; ``batchnorm``).
+ALWAYS = ("classifier", r"/bn/(scale|bias)$")
 
 
 class AllChannels(NamedTuple):
@@ -82,7 +85,7 @@ def leaf_paths(params: PyTree) -> list[str]:
 
 
 def build(params: PyTree, channels: Mapping[str, Channels], *,
-          trainable: Sequence[str] = ("classifier",)) -> PyTree:
+          trainable: Sequence[str] = ALWAYS) -> PyTree:
   """A selection for ``params``.
 
   Args:

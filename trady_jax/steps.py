@@ -25,7 +25,7 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, *,
                     norm_paths: Sequence[str] = (),
                     loss_fn: Callable = cross_entropy,
                     prefix_chunks: int = 8) -> Callable:
-  """``step(params, opt_state, selection, batch) -> (params, opt_state, metrics)``.
+  """``step(params, opt_state, selection, batch[, batch_stats]) -> (params, opt_state, metrics)``.
 
   ``selection=None`` trains every parameter with plain autodiff (full fine-tuning). Otherwise the
   model runs with the selection, so the backward pass stores and computes only what it selects,
@@ -34,17 +34,28 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, *,
   ``metrics['channel_norms']``, for rankings and MeDyate.
   ``prefix_chunks``: the stages below the shallowest trained layer run in this many batch chunks
   (``prefix.apply``; same result, a smaller forward working set); 1 turns it off.
+  ``batch_stats``: the running statistics of a model with BatchNorm layers (``batchnorm``); the BN
+  layers then use batch statistics and the updated running ones come back in
+  ``metrics['batch_stats']``. Every BN's scale / shift is trained, the first conv's included, so
+  there is no frozen prefix: statistics are whole-batch in every layer, as PyTorch's
+  ``model.train()``.
   """
 
-  def step(params, opt_state, selection, batch):
+  def step(params, opt_state, selection, batch, batch_stats=None):
     variables = (lambda p: {"params": p}) if selection is None else (
         lambda p: {"params": p, "selection": selection})
 
     def loss(p):
-      logits = prefix.apply(model, variables(p), batch["image"], chunks=prefix_chunks)
-      return loss_fn(logits, batch["label"]), logits
+      if batch_stats is None:
+        logits, new_stats = prefix.apply(model, variables(p), batch["image"],
+                                         chunks=prefix_chunks), None
+      else:
+        logits, out = model.apply({**variables(p), "batch_stats": batch_stats}, batch["image"],
+                                  mutable=["batch_stats"])
+        new_stats = out["batch_stats"]
+      return loss_fn(logits, batch["label"]), (logits, new_stats)
 
-    (value, logits), grads = jax.value_and_grad(loss, has_aux=True)(params)
+    (value, (logits, new_stats)), grads = jax.value_and_grad(loss, has_aux=True)(params)
     extra = {} if selection is None else {"selection": selection}
     updates, opt_state = tx.update(grads, opt_state, params, **extra)
     params = optax.apply_updates(params, updates)
@@ -52,13 +63,16 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, *,
                "accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["label"])}
     if norm_paths:
       metrics["channel_norms"] = ranking.channel_norms(grads, costs, norm_paths)
+    if new_stats is not None:
+      metrics["batch_stats"] = new_stats
     return params, opt_state, metrics
 
   return step
 
 
 def make_eval_step(model: nn.Module, *, chunks: int = 8) -> Callable:
-  """``eval_step(params, batch) -> {'correct', 'count', 'loss_sum'}`` (sums, for exact averages).
+  """``eval_step(params, batch[, batch_stats]) -> {'correct', 'count', 'loss_sum'}`` (sums, for
+  exact averages); BN layers use the running statistics ``batch_stats``.
 
   An optional boolean ``batch['mask']`` marks padding examples (False) that must not count, so the
   last, padded batch of a test split keeps the compiled shape. The forward pass runs ``chunks``
@@ -66,8 +80,10 @@ def make_eval_step(model: nn.Module, *, chunks: int = 8) -> Callable:
   the selective train step; 1 runs the batch whole.
   """
 
-  def eval_step(params, batch):
-    logits = prefix.apply_stages(model, {"params": params}, batch["image"], None, chunks)
+  def eval_step(params, batch, batch_stats=None):
+    variables = {"params": params} if batch_stats is None else {"params": params,
+                                                                 "batch_stats": batch_stats}
+    logits = prefix.apply_stages(model, variables, batch["image"], None, chunks)
     losses = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"])
     valid = batch.get("mask", jnp.ones(batch["label"].shape, bool))
     return {"correct": jnp.sum((jnp.argmax(logits, -1) == batch["label"]) & valid),

@@ -20,7 +20,7 @@ import numpy as np
 import optax
 from tqdm.auto import tqdm
 
-from trady_jax import checkpoint, parallel, ranking, results, steps, strategies, workdir
+from trady_jax import batchnorm, checkpoint, parallel, ranking, results, steps, strategies, workdir
 from trady_jax import selection as sel
 from trady_jax.config import Config, ConfigError
 from trady_jax.costs import NetworkCosts, trace
@@ -67,19 +67,26 @@ def _selection_from_indices(indices: Mapping[str, np.ndarray], params: PyTree,
   return sel.build(params, {p: costs[p].channels(i) for p, i in indices.items()})
 
 
-def _oracle(model, costs: NetworkCosts, batches: Callable[[], list]) -> Callable:
-  """Full-gradient channel norms (Eq. 6) summed over a few batches: Det RGN / Prob Raw."""
+def _oracle(model, costs: NetworkCosts, batches: Callable[[], list],
+            batch_stats: Callable[[], PyTree] = lambda: None) -> Callable:
+  """Full-gradient channel norms (Eq. 6) summed over a few batches: Det RGN / Prob Raw.
+  ``batch_stats()``: the current BN running statistics (BN then uses batch statistics)."""
 
   @jax.jit
-  def norms(params, batch):
-    g = jax.grad(lambda p: steps.cross_entropy(model.apply({"params": p}, batch["image"]),
-                                               batch["label"]))(params)
+  def norms(params, batch, stats):
+    def logits(p):
+      if stats is None:
+        return model.apply({"params": p}, batch["image"])
+      return model.apply({"params": p, "batch_stats": stats}, batch["image"],
+                         mutable=["batch_stats"])[0]
+
+    g = jax.grad(lambda p: steps.cross_entropy(logits(p), batch["label"]))(params)
     return ranking.channel_norms(g, costs)
 
   def oracle(params):
     total = None
     for b in batches():
-      n = norms(params, b)
+      n = norms(params, b, batch_stats())
       total = n if total is None else jax.tree.map(jnp.add, total, n)
     return total
 
@@ -91,10 +98,13 @@ class Run:
 
   def __init__(self, cfg: Config, workdir: str | Path, *, model, params: PyTree, train_source,
                test_source, batches: Callable, ranking_doc: Mapping | None = None,
-               scheme_counts: Mapping[str, int] | None = None):
+               scheme_counts: Mapping[str, int] | None = None,
+               batch_stats: PyTree | None = None):
     self.cfg, self.workdir = cfg, Path(workdir)
     self.workdir.mkdir(parents=True, exist_ok=True)
     self.model, self.params0 = model, params
+    # BN running statistics (None: BN folded); carried through steps, checkpoints, evaluation.
+    self.batch_stats0 = self.batch_stats = batch_stats
     self.train_source, self.test_source, self.batches = train_source, test_source, batches
     self.costs = trace(model, (1, cfg.image_size, cfg.image_size, 3))
     self.strategy = strategies.get(cfg.strategy)
@@ -111,7 +121,8 @@ class Run:
     self.tx = optax.sgd(schedule) if full else optax.chain(sparse_update(), optax.sgd(schedule))
     oracle = None
     if self.strategy.needs_oracle:
-      oracle = _oracle(model, self.costs, lambda: self._oracle_batches())
+      oracle = _oracle(model, self.costs, lambda: self._oracle_batches(),
+                       lambda: self.batch_stats)
     self.selector = strategies.Selector(
         self.strategy, params, self.costs, cfg.budget, ranking_doc=ranking_doc,
         scheme_counts=scheme_counts, share=cfg.topk_share, alpha=cfg.alpha,
@@ -123,13 +134,17 @@ class Run:
     # Data parallel over all devices when there are several (batch sharded, rest replicated).
     self.mesh = parallel.mesh() if jax.device_count() > 1 else None
     eval_step = steps.make_eval_step(model, chunks=cfg.prefix_chunks)
+    stats = batch_stats is not None
     if self.mesh is None:
       self.train_step = jax.jit(train_step, donate_argnums=(0, 1))
       self.eval_step = jax.jit(eval_step)
     else:
       parallel.check_batch(cfg.batch_size, self.mesh)
-      self.train_step = parallel.jit_train_step(train_step, self.mesh, donate_argnums=(0, 1))
-      self.eval_step = parallel.jit_eval_step(eval_step, self.mesh)
+      self.train_step = parallel.jit_train_step(train_step, self.mesh, batch_stats=stats,
+                                                donate_argnums=(0, 1))
+      self.eval_step = parallel.jit_eval_step(eval_step, self.mesh, batch_stats=stats)
+    # What BN's backward keeps per step, beyond the budget (``batchnorm.stored_bytes``).
+    self.bn_bytes = batchnorm.stored_bytes(self.costs, cfg.bn, cfg.batch_size) if stats else 0
     self._epoch = 0
 
   def _place(self, tree):
@@ -152,18 +167,24 @@ class Run:
                       epoch=self._epoch)
     return [b for _, b in zip(range(self.cfg.oracle_batches), it)]
 
+  def _stats_args(self) -> tuple:
+    return () if self.batch_stats is None else (self.batch_stats,)
+
   def evaluate(self, params: PyTree) -> dict[str, float]:
     totals = {"correct": 0, "count": 0, "loss_sum": 0.0}
     for b in self._device_batches(self.test_source, self.cfg.batch_size, train=False,
                                   seed=self.cfg.seed, epoch=0):
-      out = jax.device_get(self.eval_step(params, b))
+      out = jax.device_get(self.eval_step(params, b, *self._stats_args()))
       totals = {k: totals[k] + out[k] for k in totals}
     return {"test_accuracy": float(totals["correct"] / max(totals["count"], 1)),
             "test_loss": float(totals["loss_sum"] / max(totals["count"], 1))}
 
   def _state(self, params, opt_state, sampler_state):
-    return {"params": params, "opt_state": opt_state, "sampler_state": sampler_state,
-            "key": jax.random.key_data(self.sampler_key)}
+    state = {"params": params, "opt_state": opt_state, "sampler_state": sampler_state,
+             "key": jax.random.key_data(self.sampler_key)}
+    if self.batch_stats is not None:
+      state["batch_stats"] = self.batch_stats
+    return state
 
   def run(self, on_epoch_end: Callable[[int, dict], None] | None = None) -> dict:
     """Train to the end (resuming if a checkpoint exists); return the final metrics.
@@ -186,7 +207,7 @@ class Run:
                                  f"{self.workdir / results.DIVERGED}); use another workdir, or "
                                  "delete that file to try again")
     ckpt = checkpoint.RunCheckpoints(self.workdir, cfg.to_json())
-    params = self.params0
+    params, self.batch_stats = self.params0, self.batch_stats0
     opt_state = self.tx.init(params)
     sampler_state = self.selector.init_state()
     selection = None
@@ -197,6 +218,7 @@ class Run:
       start, state, meta = restored
       params, opt_state = state["params"], state["opt_state"]
       sampler_state = state["sampler_state"]
+      self.batch_stats = state.get("batch_stats")
       if meta.get("selection"):
         selection = _selection_from_indices(
             {p: np.asarray(i, np.int32) for p, i in meta["selection"].items()}, params, self.costs)
@@ -206,6 +228,7 @@ class Run:
       _check_nothing_to_lose(self.workdir)
       metrics_path.unlink(missing_ok=True)
     params, opt_state = self._place(params), self._place(opt_state)
+    self.batch_stats = self._place(self.batch_stats)
     total_epochs = cfg.total_epochs()
     # A finished run restored from its last checkpoint reports that checkpoint's metrics.
     record: dict = dict(restored[2].get("metrics", {})) if restored is not None else {}
@@ -221,7 +244,8 @@ class Run:
       sampler_state = self.selector.observe(sampler_state, norms, selection)
       record = {"epoch": epoch + 1, **train_metrics, **usage,
                 "lr": float(self.schedule((epoch + 1) * self.steps_per_epoch - 1)),
-                "compilations": self.compilations, "wall_s": wall0 + time.time() - t_run}
+                "compilations": self.compilations, "wall_s": wall0 + time.time() - t_run,
+                "bn_bytes": self.bn_bytes}
       if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == total_epochs:
         record.update(self.evaluate(params))
       _check_finite(epoch + 1, record, params)
@@ -255,7 +279,10 @@ class Run:
     norms = None
     t0, n = time.time(), 0
     for _, batch in zip(range(self.steps_per_epoch), it):
-      params, opt_state, m = self.train_step(params, opt_state, selection, batch)
+      params, opt_state, m = self.train_step(params, opt_state, selection, batch,
+                                             *self._stats_args())
+      if "batch_stats" in m:
+        self.batch_stats = m.pop("batch_stats")
       if "channel_norms" in m:
         cn = m.pop("channel_norms")
         norms = cn if norms is None else jax.tree.map(jnp.add, norms, cn)

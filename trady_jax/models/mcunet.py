@@ -10,8 +10,8 @@ Two description formats are read (method-spec section 8):
 Both become a ``NetSpec``, and ``MCUNet(spec, num_classes)`` is a Flax module whose convs are
 ``layers.SelectiveConv`` created in MIT conv order (first_conv, then per block pointwise1,
 depthwise, [SE reduce, expand], pointwise2, [shortcut conv], ..., feature_mix), the order behind
-the Sparse Update ``manual_weight_idx`` (method-spec 7.3). BatchNorm is folded: every conv has
-a bias.
+the Sparse Update ``manual_weight_idx`` (method-spec 7.3). ``MCUNet.bn`` decides BatchNorm:
+folded into every conv's bias, or a real BN after each conv (``batchnorm``).
 """
 
 from __future__ import annotations
@@ -85,29 +85,30 @@ class NetSpec:
     return out
 
 
-def _conv(c: Conv, name: str, x: jax.Array) -> jax.Array:
+def _conv(c: Conv, name: str, x: jax.Array, bn: str = "folded") -> jax.Array:
   k, s = c.kernel_size, c.stride
   y = layers.SelectiveConv(c.out_channels, (k, k), (s, s), feature_group_count=c.groups,
-                           name=name)(x)
+                           bn=bn, name=name)(x)
   return ACTIVATIONS[c.act](y)
 
 
 class InvertedResidual(nn.Module):
   """One ``Block``; submodules are named ``pointwise1``, ``depthwise``, ``pointwise2``, ..."""
   block: Block
+  bn: str = "folded"
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    b, y = self.block, x
+    b, y, bn = self.block, x, self.bn
     if b.pointwise1 is not None:
-      y = _conv(b.pointwise1, "pointwise1", y)
-    y = _conv(b.depthwise, "depthwise", y)
-    if b.se is not None:
+      y = _conv(b.pointwise1, "pointwise1", y, bn)
+    y = _conv(b.depthwise, "depthwise", y, bn)
+    if b.se is not None:  # SE convs have a real bias and no BN (MCUNet SEModule)
       g = _conv(b.se[0], "se_reduce", jnp.mean(y, axis=(1, 2), keepdims=True))
       y = y * (ops.relu6(_conv(b.se[1], "se_expand", g) + 3.0) / 6.0)
-    y = _conv(b.pointwise2, "pointwise2", y)
+    y = _conv(b.pointwise2, "pointwise2", y, bn)
     if isinstance(b.shortcut, Conv):
-      return y + _conv(b.shortcut, "shortcut", x)
+      return y + _conv(b.shortcut, "shortcut", x, bn)
     return y + x if b.shortcut else y
 
 
@@ -121,9 +122,12 @@ class MCUNet(nn.Module):
   ``i + 1`` is ``blocks_i`` and the last stage, ``len(blocks) + 1``, is the head (feature_mix,
   pool, classifier). ``__call__(x, start=i, stop=j)`` runs stages ``[i, j)`` only: ``x`` is then
   the feature map entering stage ``i``, and the result the one leaving stage ``j - 1``.
+
+  ``bn``: ``batchnorm.MODES``; ``'folded'`` (conv + bias, the int8 form) or a BN after each conv.
   """
   spec: NetSpec
   num_classes: int = 1000
+  bn: str = "folded"
 
   @nn.compact
   def __call__(self, x: jax.Array, pooled: bool = False, *, start: int = 0,
@@ -131,13 +135,13 @@ class MCUNet(nn.Module):
     s = self.spec
     stem, blocks, head = prefix.stage_plan(start, stop, len(s.blocks))
     if stem:
-      x = _conv(s.first_conv, "first_conv", x)
+      x = _conv(s.first_conv, "first_conv", x, self.bn)
     for i in blocks:
-      x = InvertedResidual(s.blocks[i], name=f"blocks_{i}")(x)
+      x = InvertedResidual(s.blocks[i], self.bn, name=f"blocks_{i}")(x)
     if not head:
       return x
     if s.feature_mix is not None:
-      x = _conv(s.feature_mix, "feature_mix", x)
+      x = _conv(s.feature_mix, "feature_mix", x, self.bn)
     x = layers.global_avg_pool(x)
     if pooled:
       return x

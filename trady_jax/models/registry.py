@@ -29,13 +29,16 @@ import tempfile
 import urllib.request
 import warnings
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, Iterable, NamedTuple
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from trady_jax import batchnorm
+from trady_jax import selection as sel
+from trady_jax.models import calibration as calibration_lib
 from trady_jax.models import mcunet, mobilenetv2, resnet, weights
 
 ZOO_URL = "https://hanlab18.mit.edu/projects/tinyml/mcunet/release/"
@@ -142,16 +145,18 @@ def download_weights(name: str, cache: str | Path | None = None, *,
   return WeightFiles(kind, tuple(files))
 
 
-def build_model(name: str, num_classes: int = 1000, *, feature_mix: bool = True) -> nn.Module:
-  """The architecture only (no weights); MCU nets come from the shipped ``arch/*.json``."""
+def build_model(name: str, num_classes: int = 1000, *, feature_mix: bool = True,
+                bn: str = "folded") -> nn.Module:
+  """The architecture only (no weights); MCU nets come from the shipped ``arch/*.json`` (the
+  papers' architecture: with the feature-mix conv unless ``feature_mix=False``)."""
   _check(name)
   if name in MCU_NETS:
     fm = MCU_NETS[name][1] if feature_mix else None
     return mcunet.MCUNet(mcunet.spec_from_description(mcunet.load_arch(name), feature_mix=fm),
-                         num_classes)
+                         num_classes, bn=bn)
   if name == "mobilenetv2":
-    return mobilenetv2.mobilenetv2(num_classes)
-  return resnet.resnet(name, num_classes)
+    return mobilenetv2.mobilenetv2(num_classes).clone(bn=bn)
+  return resnet.resnet(name, num_classes).clone(bn=bn)
 
 
 def param_shapes(module: nn.Module) -> dict:
@@ -162,15 +167,16 @@ def param_shapes(module: nn.Module) -> dict:
 
 def init_params(module: nn.Module, seed: int = 0) -> dict:
   """Fresh parameters: kernels LeCun-normal (truncated at 2 sigma, fan-in = all but the last axis,
-  as the layers' default initialiser), biases zero.
+  as the layers' default initialiser), biases zero, BN scales one.
 
   Drawn with numpy: XLA on CPU compiles one random kernel per distinct shape (about 0.5 s each).
   """
   rng = np.random.default_rng(seed)
 
   def draw(path, s):
-    if jax.tree_util.keystr(path[-1:], simple=True) != "kernel":
-      return jnp.zeros(s.shape, s.dtype)
+    leaf = jax.tree_util.keystr(path[-1:], simple=True)
+    if leaf != "kernel":
+      return (jnp.ones if leaf == "scale" else jnp.zeros)(s.shape, s.dtype)
     z = rng.standard_normal(s.shape)
     while (bad := np.abs(z) > 2).any():
       z[bad] = rng.standard_normal(int(bad.sum()))
@@ -180,7 +186,17 @@ def init_params(module: nn.Module, seed: int = 0) -> dict:
   return jax.tree_util.tree_map_with_path(draw, param_shapes(module))
 
 
-def _load_mcu(name: str, found: WeightFiles, feature_mix: bool) -> tuple[mcunet.NetSpec, dict]:
+def init_batch_stats(module: nn.Module) -> dict:
+  """BN running statistics of a fresh ``module``: means 0, variances 1 (PyTorch's)."""
+  x = jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32)
+  shapes = jax.eval_shape(lambda x: module.init(jax.random.key(0), x), x).get("batch_stats", {})
+  return jax.tree_util.tree_map_with_path(
+      lambda p, s: (jnp.ones if jax.tree_util.keystr(p[-1:], simple=True) == "var"
+                    else jnp.zeros)(s.shape, s.dtype), dict(shapes))
+
+
+def _load_mcu(name: str, found: WeightFiles, feature_mix: bool | None,
+              keep_bn: bool = False) -> tuple[mcunet.NetSpec, dict]:
   if found.kind == "int8":
     desc = weights.read_json(found.files[0])
     fm = MCU_NETS[name][1] if feature_mix else None
@@ -190,19 +206,21 @@ def _load_mcu(name: str, found: WeightFiles, feature_mix: bool) -> tuple[mcunet.
   spec = mcunet.spec_from_zoo_config(cfg)
   sd = weights.normalise_keys(weights.load_state_dict(found.files[1]), mcunet.ZOO_RENAMES)
   params = weights.convert_state_dict(sd, mcunet.zoo_key_map(spec),
-                                      eps=(cfg.get("bn") or {}).get("eps", 1e-5))
-  if not feature_mix and spec.feature_mix is not None:
+                                      eps=(cfg.get("bn") or {}).get("eps", 1e-5), keep_bn=keep_bn)
+  if feature_mix is False and spec.feature_mix is not None:
     spec = dataclasses.replace(spec, feature_mix=None)
     params.pop("feature_mix")
   return spec, params
 
 
 def convert_generic(name: str, state_dict: dict, num_classes: int = 1000,
-                    input_stats: Any = (weights.IMAGENET_MEAN, weights.IMAGENET_STD)):
+                    input_stats: Any = (weights.IMAGENET_MEAN, weights.IMAGENET_STD), *,
+                    keep_bn: bool = False):
   """``(module, params)`` of a torchvision / timm ResNet or MobileNetV2 state dict (numpy arrays).
 
   ``input_stats``: the checkpoint's input ``(mean, std)``, folded into the first conv so that the
-  model reads ``[-1, 1]`` inputs; None keeps the first conv as is.
+  model reads ``[-1, 1]`` inputs; None keeps the first conv as is. ``keep_bn``: BatchNorm kept
+  (``weights.convert_state_dict``), the input's constant term then joins the first running mean.
   """
   if name == "mobilenetv2":
     module, first = mobilenetv2.mobilenetv2(num_classes), "first_conv"
@@ -210,35 +228,71 @@ def convert_generic(name: str, state_dict: dict, num_classes: int = 1000,
   else:
     module, first = resnet.resnet(name, num_classes), "conv1"
     key_map = resnet.torch_key_map(module)
-  params = weights.convert_state_dict(state_dict, key_map)
+  params = weights.convert_state_dict(state_dict, key_map, keep_bn=keep_bn)
   if input_stats is not None:
     p = params[first]
-    p["kernel"], p["bias"] = weights.fold_input_norm(p["kernel"], p["bias"], *input_stats)
+    if keep_bn:
+      p["kernel"], shift = weights.fold_input_norm(p["kernel"], 0.0, *input_stats)
+      p["bn"]["mean"] = (p["bn"]["mean"] - shift).astype(np.float32)
+    else:
+      p["kernel"], p["bias"] = weights.fold_input_norm(p["kernel"], p["bias"], *input_stats)
   return module, params
 
 
+class Network(NamedTuple):
+  """A loaded network: ``module``, ``params``, BN running statistics (``batch_stats``, None when
+  BN is folded), ``random_init_layers``: module paths not loaded from pretrained weights (a fresh
+  classifier head excepted), ``weights``: the weight file (``''`` for random weights)."""
+  module: nn.Module
+  params: dict
+  batch_stats: dict | None
+  random_init_layers: tuple[str, ...]
+  weights: str
+
+
 def load_model(name: str, num_classes: int = 1000, *, weights_dir: str | Path | None = None,
-               feature_mix: bool = True, pretrained: bool = True, source: str = "auto",
+               feature_mix: bool | None = None, pretrained: bool = True, source: str = "auto",
                imagenet_head: bool = False, download: bool = False,
                seed: int = 0) -> tuple[nn.Module, dict]:
-  """``(module, params)`` of a named model, pretrained unless ``pretrained=False``.
+  """``(module, params)`` of a named model with BatchNorm folded (``load_network``)."""
+  net = load_network(name, num_classes, weights_dir=weights_dir, feature_mix=feature_mix,
+                     pretrained=pretrained, source=source, imagenet_head=imagenet_head,
+                     download=download, seed=seed)
+  return net.module, net.params
+
+
+def load_network(name: str, num_classes: int = 1000, *, bn: str = "folded",
+                 calibration: Iterable[np.ndarray] | None = None, unit_variance: bool = True,
+                 weights_dir: str | Path | None = None, feature_mix: bool | None = None,
+                 pretrained: bool = True, source: str = "auto", imagenet_head: bool = False,
+                 download: bool = False, seed: int = 0) -> Network:
+  """A named network, pretrained unless ``pretrained=False``.
 
   Args:
     name: one of ``NAMES``.
     num_classes: size of the fresh classifier head (ignored with ``imagenet_head``).
+    bn: ``batchnorm.MODES``. fp32 checkpoints keep their BatchNorm; the int8 MCU weights (BN
+      folded) get it back by calibration on ``calibration`` (batches of training images,
+      ``models.calibration``; ``unit_variance`` chooses how the scale is split); with a fresh
+      classifier, a BN feeding it directly is standardised
+      (``calibration.standardize_head_input``).
     weights_dir: look for weights only there (see the module docstring for the default search).
-    feature_mix: include the final 1x1 feature-mix conv (mbv2-w0.35 112->448, proxyless-w0.3
-      96->384) the papers' memory totals count; the int8 weights lack it, so it is then freshly
-      initialised (with a warning).
+    feature_mix: the final 1x1 feature-mix conv (mbv2-w0.35 112->448, proxyless-w0.3 96->384) the
+      papers' memory totals count. None: as the weights describe (the int8 copies lack it, so the
+      network is built without it, with a warning); True: added, freshly initialised when the
+      weights lack it (then listed in ``random_init_layers``); False: dropped.
     source: ``'int8'``, ``'zoo'`` (fp32 MCUNet model zoo) or ``'auto'`` for the MCU nets.
     imagenet_head: keep the pretrained 1000-way classifier instead of a fresh one.
     download: fetch the public weights into the cache when none are found.
     seed: PRNG seed of the fresh layers.
   """
   _check(name)
+  batchnorm.check_mode(bn)
   if not pretrained:
-    module = build_model(name, num_classes, feature_mix=feature_mix)
-    return module, init_params(module, seed)
+    module = build_model(name, num_classes, feature_mix=feature_mix is not False, bn=bn)
+    params = init_params(module, seed)
+    stats = init_batch_stats(module) if bn != "folded" else None
+    return Network(module, params, stats, tuple(_module_paths(params, "classifier")), "")
   found = find_weights(name, weights_dir, source)
   if found is None:
     if not download:
@@ -248,9 +302,11 @@ def load_model(name: str, num_classes: int = 1000, *, weights_dir: str | Path | 
           "TRADY_JAX_WEIGHTS, or use pretrained=False")
     found = download_weights(name)
   _announce(name, found)
+  keep_bn = bn != "folded" and found.kind != "int8"
   try:
-    loaded = (_load_mcu(name, found, feature_mix) if name in MCU_NETS
-              else convert_generic(name, weights.load_state_dict(found.files[0])))
+    loaded = (_load_mcu(name, found, feature_mix, keep_bn) if name in MCU_NETS
+              else convert_generic(name, weights.load_state_dict(found.files[0]),
+                                   keep_bn=keep_bn))
   except (KeyError, TypeError, ValueError, AttributeError, IndexError) as err:
     raise ValueError(f"{name} weights {' + '.join(str(f) for f in found.files)}: {err}") from err
   if name in MCU_NETS:
@@ -263,12 +319,42 @@ def load_model(name: str, num_classes: int = 1000, *, weights_dir: str | Path | 
       warnings.warn(f"{name}: the {found.kind} weights have no feature-mix conv; 'feature_mix' "
                     f"({spec.feature_mix.in_channels}->{spec.feature_mix.out_channels}) is freshly "
                     "initialised", stacklevel=2)
+    elif feature_mix is None and MCU_NETS[name][1] and spec.feature_mix is None:
+      warnings.warn(f"{name}: the {found.kind} weights have no feature-mix conv; the network is "
+                    f"built without it (the papers' has {MCU_NETS[name][1]} channels there)",
+                    stacklevel=2)
     module = mcunet.MCUNet(spec, spec.head_classes if imagenet_head else num_classes)
   else:
     module, loaded = loaded
-    module = module.replace(num_classes=1000 if imagenet_head else num_classes)
+    module = module.clone(num_classes=1000 if imagenet_head else num_classes)
+  module = module.clone(bn=bn if keep_bn else "folded")
+  stats = None
+  if keep_bn:
+    loaded, stats = weights.split_bn(loaded)
   init = init_params(module, seed)
-  params = weights.merge_params(init, loaded, () if imagenet_head else ("classifier",))
+  head = () if imagenet_head else ("classifier",)
+  params = weights.merge_params(init, loaded, head)
   weights.check_params(params, init, where=f"{name} weights from {found.files[-1]}")
-  return module, params
+  fresh = tuple(_module_paths(init, *head, *loaded))
+  if bn != "folded" and not keep_bn:
+    if calibration is None:
+      raise ValueError(f"{name}: the {found.kind} weights have BatchNorm folded; restoring it "
+                       f"(bn={bn!r}) needs calibration images")
+    module, params, stats = calibration_lib.restore_bn(module, params, calibration, mode=bn,
+                                                       unit_variance=unit_variance)
+    if not imagenet_head:
+      params, _ = calibration_lib.standardize_head_input(module, params)
+  if stats is not None:
+    stats = weights.merge_params(init_batch_stats(module), stats)
+  return Network(module, params, stats, fresh, str(found.files[-1]))
 
+
+def _module_paths(params: dict, *skip: str) -> list[str]:
+  """Paths of the layers owning ``params``' leaves (``'blocks_0/depthwise'``), top-level names in
+  ``skip`` left out."""
+  out = []
+  for p in sel.leaf_paths(params):
+    layer = p.rsplit("/", 1)[0].removesuffix("/bn")
+    if p.split("/", 1)[0] not in skip and layer not in out:
+      out.append(layer)
+  return out

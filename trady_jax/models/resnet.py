@@ -1,7 +1,7 @@
 """ResNet-18 / ResNet-50 (torchvision layout, v1.5: stride on the 3x3 conv) from selective layers.
 
-BatchNorm is folded into each conv's bias (``weights.fold_bn``), so every conv is a
-``layers.SelectiveConv`` with bias. Convs are created in torchvision module order (stem ``conv1``,
+Every conv is a ``layers.SelectiveConv``; ``ResNet.bn`` folds BatchNorm into its bias
+(``weights.fold_bn``) or keeps a real BN after it (``batchnorm``). Convs are created in torchvision module order (stem ``conv1``,
 then per block ``conv1``, ``conv2``, [``conv3``], [``downsample``]), which is the conv index order
 of the cost model. ``torch_key_map`` maps each layer to its torchvision / timm state-dict keys
 (both libraries use the same names for ResNets).
@@ -19,8 +19,8 @@ STAGES = {"resnet18": ((2, 2, 2, 2), False), "resnet34": ((3, 4, 6, 3), False),
           "resnet50": ((3, 4, 6, 3), True), "resnet101": ((3, 4, 23, 3), True)}
 
 
-def _conv(features: int, k: int, stride: int, name: str) -> layers.SelectiveConv:
-  return layers.SelectiveConv(features, (k, k), (stride, stride), name=name)
+def _conv(features: int, k: int, stride: int, name: str, bn: str) -> layers.SelectiveConv:
+  return layers.SelectiveConv(features, (k, k), (stride, stride), bn=bn, name=name)
 
 
 class ResBlock(nn.Module):
@@ -28,19 +28,20 @@ class ResBlock(nn.Module):
   planes: int
   stride: int = 1
   bottleneck: bool = False
+  bn: str = "folded"
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    out_ch = self.planes * (4 if self.bottleneck else 1)
+    out_ch, bn = self.planes * (4 if self.bottleneck else 1), self.bn
     if self.bottleneck:
-      y = ops.relu(_conv(self.planes, 1, 1, "conv1")(x))
-      y = ops.relu(_conv(self.planes, 3, self.stride, "conv2")(y))
-      y = _conv(out_ch, 1, 1, "conv3")(y)
+      y = ops.relu(_conv(self.planes, 1, 1, "conv1", bn)(x))
+      y = ops.relu(_conv(self.planes, 3, self.stride, "conv2", bn)(y))
+      y = _conv(out_ch, 1, 1, "conv3", bn)(y)
     else:
-      y = ops.relu(_conv(self.planes, 3, self.stride, "conv1")(x))
-      y = _conv(out_ch, 3, 1, "conv2")(y)
+      y = ops.relu(_conv(self.planes, 3, self.stride, "conv1", bn)(x))
+      y = _conv(out_ch, 3, 1, "conv2", bn)(y)
     if self.stride != 1 or x.shape[-1] != out_ch:
-      x = _conv(out_ch, 1, self.stride, "downsample")(x)
+      x = _conv(out_ch, 1, self.stride, "downsample", bn)(x)
     return ops.relu(y + x)
 
 
@@ -58,6 +59,7 @@ class ResNet(nn.Module):
   bottleneck: bool = False
   num_classes: int = 1000
   width: int = 64
+  bn: str = "folded"
 
   @nn.nowrap
   def block_names(self) -> list[tuple[str, int, int]]:
@@ -70,11 +72,11 @@ class ResNet(nn.Module):
     names = self.block_names()
     stem, blocks, head = prefix.stage_plan(start, stop, len(names))
     if stem:
-      x = ops.relu(_conv(self.width, 7, 2, "conv1")(x))
+      x = ops.relu(_conv(self.width, 7, 2, "conv1", self.bn)(x))
       x = nn.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)))
     for i in blocks:
       name, s, b = names[i]
-      x = ResBlock(self.width * 2**s, 2 if (b == 0 and s > 0) else 1, self.bottleneck,
+      x = ResBlock(self.width * 2**s, 2 if (b == 0 and s > 0) else 1, self.bottleneck, self.bn,
                    name=name)(x)
     if not head:
       return x

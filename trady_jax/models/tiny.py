@@ -19,15 +19,17 @@ class TinyCNN(nn.Module):
   num_classes: int = 10
   width: int = 8
   expand: int = 3
+  bn: str = "folded"  # batchnorm.MODES
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    x = ops.relu6(layers.SelectiveConv(self.width, (3, 3), (2, 2), name="first_conv")(x))
+    bn = self.bn
+    x = ops.relu6(layers.SelectiveConv(self.width, (3, 3), (2, 2), bn=bn, name="first_conv")(x))
     for i, stride in enumerate((1, 2)):
       h = self.width * self.expand
-      y = ops.relu6(layers.SelectiveConv(h, (1, 1), name=f"blocks_{i}_pointwise1")(x))
+      y = ops.relu6(layers.SelectiveConv(h, (1, 1), bn=bn, name=f"blocks_{i}_pointwise1")(x))
       y = ops.relu6(layers.SelectiveConv(h, (3, 3), (stride, stride), feature_group_count=h,
-                                         name=f"blocks_{i}_depthwise")(y))
-      y = layers.SelectiveConv(self.width, (1, 1), name=f"blocks_{i}_pointwise2")(y)
+                                         bn=bn, name=f"blocks_{i}_depthwise")(y))
+      y = layers.SelectiveConv(self.width, (1, 1), bn=bn, name=f"blocks_{i}_pointwise2")(y)
       x = x + y if stride == 1 else y
     return layers.SelectiveDense(self.num_classes, name="classifier")(layers.global_avg_pool(x))

@@ -200,8 +200,13 @@ def _get(sd: Mapping[str, np.ndarray], key: str, layer: str) -> np.ndarray:
 
 
 def convert_state_dict(state_dict: Mapping[str, Any], key_map: Mapping[str, ConvKeys | DenseKeys],
-                       *, eps: float = 1e-5) -> dict:
-  """Parameter tree of a PyTorch state dict; ``key_map`` maps module paths to its keys."""
+                       *, eps: float = 1e-5, keep_bn: bool = False) -> dict:
+  """Parameter tree of a PyTorch state dict; ``key_map`` maps module paths to its keys.
+
+  BatchNorm is folded into the conv, or with ``keep_bn`` kept as ``{'kernel', 'bn': {'scale',
+  'bias', 'mean', 'var'}}`` (a conv bias joins the running mean); ``split_bn`` separates the
+  running statistics.
+  """
   sd = normalise_keys(state_dict)
   flat = {}
   for path, keys in key_map.items():
@@ -218,6 +223,12 @@ def convert_state_dict(state_dict: Mapping[str, Any], key_map: Mapping[str, Conv
     if keys.bn:
       bn = [_get(sd, f"{keys.bn}.{n}", path)
             for n in ("weight", "bias", "running_mean", "running_var")]
+      if keep_bn:
+        mean = bn[2] - (0 if bias is None else bias)
+        flat[path] = {"kernel": to_hwio(w.astype(np.float32)),
+                      "bn": {k: np.asarray(v, np.float32) for k, v in
+                             zip(("scale", "bias", "mean", "var"), (*bn[:2], mean, bn[3]))}}
+        continue
       w, b = fold_bn(w, *bn, eps=eps, bias=bias)
     else:
       b = np.zeros(w.shape[0], np.float32) if bias is None else bias.astype(np.float32)
@@ -255,6 +266,22 @@ def load_state_dict(path: str | Path) -> dict[str, np.ndarray]:
   if not isinstance(sd, dict) or not all(isinstance(k, str) for k in sd):
     raise ValueError(f"{path} holds a {type(sd).__name__}, not a state dict of named arrays")
   return normalise_keys(sd)
+
+
+def split_bn(tree: Mapping[str, Any]) -> tuple[dict, dict]:
+  """``(params, batch_stats)``: the ``bn/mean`` and ``bn/var`` leaves moved to their own tree."""
+  params, stats = {}, {}
+  for k, v in tree.items():
+    if not isinstance(v, Mapping):
+      params[k] = v
+    elif k == "bn":
+      params[k] = {n: a for n, a in v.items() if n not in ("mean", "var")}
+      stats[k] = {n: a for n, a in v.items() if n in ("mean", "var")}
+    else:
+      params[k], sub = split_bn(v)
+      if sub:
+        stats[k] = sub
+  return params, stats
 
 
 def nest(flat: Mapping[str, Any]) -> dict:
