@@ -14,13 +14,19 @@ Memory is XLA's ``memory_analysis().temp_size_in_bytes`` of the compiled step, F
 a loop body once, so the trady FLOPs come from the same step compiled without the chunk loop (the
 arithmetic is identical). The trady step's temp memory is broken down into the analytic need of the
 backward pass (selected activations, ReLU masks, cotangents) and the forward working sets.
+
+``--peer torch`` also times PyTorch's full fine-tuning step (SGD, cross-entropy) on the same network
+with the same weights and batch (``trady_jax.models.torch_peer``; its logits are checked against the
+Flax model's first), with as many threads as the machine has cores; skipped when torch is absent.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
+import os
 
 import common  # noqa: F401  (sys.path set-up)
 import jax
@@ -55,6 +61,39 @@ def gradient_path(selection_counts, costs: costs_lib.NetworkCosts) -> list:
   return [l for l in costs.convs if l.index >= first]
 
 
+def torch_peer_step(model, params, batch, jax_steps: dict, repeats: int) -> dict:
+  """``peer`` entries: PyTorch's full fine-tuning step on the same network, weights and batch,
+  timed in rounds interleaved with ``jax_steps`` (zero-argument calls, re-timed beside it)."""
+  from trady_jax.models import torch_peer
+  if not torch_peer.available():
+    print("peer torch: skipped, torch is not installed (optional: pip install torch)", flush=True)
+    return {"torch": "not installed"}
+  import torch
+  torch.set_num_threads(os.cpu_count() or 1)
+  try:
+    net = torch_peer.torch_model(model, params)
+  except NotImplementedError as err:  # e.g. BN layers, or a model family it does not build
+    print(f"peer torch: skipped, {err}", flush=True)
+    return {"torch": f"unsupported: {err}"}
+  x = torch_peer.to_nchw(batch["image"])
+  y = torch.from_numpy(np.asarray(batch["label"], np.int64))
+  ref = np.asarray(model.apply({"params": params}, batch["image"]))
+  with torch.no_grad():
+    diff = float(np.abs(net(x).numpy() - ref).max())
+  if diff > 1e-3 * max(1.0, float(np.abs(ref).max())):
+    raise SystemExit(f"the PyTorch peer is not the same network: logits differ by {diff:.3g}")
+  step = torch_peer.sgd_step(net, 0.01)
+  times = xla.interleaved_median_times({**jax_steps, "torch": lambda: step(x, y)},
+                                       repeats=repeats, warmup=2)
+  step_s = times.pop("torch")
+  print(f"  torch: full step {step_s:.3f} s  ({torch.__version__}, {torch.get_num_threads()} "
+        f"threads; logits match the Flax model to {diff:.1e}); interleaved with it: "
+        + ", ".join(f"{k} {v:.3f} s" for k, v in times.items()), flush=True)
+  return {"torch_full_step_s": step_s, "torch_version": torch.__version__,
+          "torch_threads": torch.get_num_threads(), "torch_logits_max_abs_diff": diff,
+          "interleaved_step_s": times}
+
+
 def main(argv=None):
   ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
   ap.add_argument("--arch", default="mbv2-w0.35")
@@ -67,6 +106,8 @@ def main(argv=None):
   ap.add_argument("--share", type=float, default=0.97, help="TraDy top-K share of layer RGN")
   ap.add_argument("--prefix-chunks", type=int, default=8,
                   help="trady: batch chunks for the frozen prefix (trady_jax.prefix); 1 = off")
+  ap.add_argument("--peer", choices=["torch"], default=None,
+                  help="also time PyTorch's full fine-tuning step on the same network")
   ap.add_argument("--json", action="store_true", help="print one JSON object on the last line")
   args = ap.parse_args(argv)
 
@@ -116,10 +157,13 @@ def main(argv=None):
     batch = parallel.shard_batch(batch, mesh)
     params = parallel.replicate(params, mesh)
     selections = [parallel.replicate(s, mesh) for s in selections]
+  host_params = params
   per_device = args.batch // (mesh.size if mesh is not None else 1)
   report = {"arch": args.arch, "budget": args.budget, "batch": args.batch,
-            "devices": jax.device_count(), "pretrained": pretrained, "topk_layers": len(pool)}
+            "devices": jax.device_count(), "cpu_count": os.cpu_count(), "pretrained": pretrained,
+            "topk_layers": len(pool)}
   masks = [as_masks(s) for s in selections]
+  timed = {}  # zero-argument step calls, re-timed beside the PyTorch peer
   cases = {"full": (full_step, sgd, None, None), "masked": (masked_step, sgd, masks[0], masks),
            "trady": (trady_step, sparse, selections[0], selections)}
   for name, (fn, tx, s, variants) in cases.items():
@@ -130,6 +174,7 @@ def main(argv=None):
     with plain:
       stats = xla.compiled_stats(jitted, *call_args)
       jax.block_until_ready(jitted(*call_args))  # compile inside the context
+    timed[name] = functools.partial(jitted, *call_args)
     entry = {"temp_bytes": stats["temp_bytes"], "flops": stats["flops"],
              "step_s": xla.median_time(jitted, *call_args, repeats=args.repeats, warmup=2)}
     if s is not None:
@@ -149,6 +194,10 @@ def main(argv=None):
     print(f"{name:>7}: temp {entry['temp_bytes'] / MiB:8.1f} MiB  flops {entry['flops']:.3e}  "
           f"step {entry['step_s']:.3f} s" + (f"  compiles {entry['compiles']}" if s else ""),
           flush=True)
+
+  if args.peer == "torch":
+    report["peer"] = torch_peer_step(model, host_params, host_batch,
+                                     {k: timed[k] for k in ("full", "trady")}, args.repeats)
 
   counts = sel.counts(selections[0])
   usage = costs.usage(counts)
@@ -195,6 +244,11 @@ def main(argv=None):
       "trady_temp_over_analytic_need": trady["temp_bytes"] / analytic,
       "trady_temp_over_inference_temp": trady["temp_bytes"] / forward,
       "trady_temp_over_need_plus_inference": trady["temp_bytes"] / (analytic + forward)}
+  peer = report.get("peer", {})
+  if "torch_full_step_s" in peer:  # from the interleaved rounds: the same machine load
+    beside, torch_s = peer["interleaved_step_s"], peer["torch_full_step_s"]
+    report["ratios"]["trady_over_torch_full_time"] = beside["trady"] / torch_s
+    report["ratios"]["full_over_torch_full_time"] = beside["full"] / torch_s
   a = report["analytic"]
   print(f"budget use {a['budget_units']:,} units (weights {a['weight_units']:,}, activations "
         f"{a['activation_units']:,}) over {len(pool)} top-K layers; gradient path "

@@ -212,6 +212,20 @@ def test_loader_eval_order_remainder_and_padding():
     next(data.batches(src, 8, train=True, seed=-1))
 
 
+def test_loader_rows_are_the_per_example_transform():
+  """uint8 rows normalised once per batch == the float transform of each example."""
+  src = data.synthetic(16, 4, image_size=16)
+  b = next(data.batches(src, 8, train=True, seed=3, epoch=2, num_workers=2))
+  order = data.epoch_order(16, shuffle=True, seed=3, epoch=2)
+  for k, i in enumerate(order[:8]):
+    np.testing.assert_array_equal(b["image"][k], T.train_transform(src[i][0],
+                                                                  T.example_rng(3, 2, i)))
+  custom = lambda image, rng: np.full((4, 4, 3), rng.uniform(), np.float64)  # any callable
+  c = next(data.batches(src, 8, train=True, seed=3, epoch=2, num_workers=2, transform=custom))
+  assert c["image"].shape == (8, 4, 4, 3) and c["image"].dtype == np.float32
+  assert c["image"][1, 0, 0, 0] == np.float32(T.example_rng(3, 2, order[1]).uniform())
+
+
 def test_loader_early_exit_releases_threads():
   it = data.batches(data.synthetic(200, 4, image_size=16), 8, train=True, num_workers=2)
   next(it)

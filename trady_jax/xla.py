@@ -40,3 +40,20 @@ def median_time(fn: Callable, *args, repeats: int = 5, warmup: int = 1) -> float
     jax.block_until_ready(fn(*args))
     times.append(time.perf_counter() - t)
   return statistics.median(times)
+
+
+def interleaved_median_times(calls: dict[str, Callable], repeats: int = 5,
+                             warmup: int = 1) -> dict[str, float]:
+  """Median wall time of each zero-argument call (blocked until ready), timed in interleaved rounds
+  so that a machine whose load drifts weighs on all of them alike."""
+  import jax
+  for fn in calls.values():
+    for _ in range(warmup):
+      jax.block_until_ready(fn())
+  times = {k: [] for k in calls}
+  for _ in range(repeats):
+    for k, fn in calls.items():
+      t = time.perf_counter()
+      jax.block_until_ready(fn())
+      times[k].append(time.perf_counter() - t)
+  return {k: statistics.median(v) for k, v in times.items()}

@@ -10,6 +10,8 @@ The geometry and colour operations follow torchvision's PIL code paths (same sam
 box, ``PIL.ImageEnhance`` for the colour jitter), with a ``numpy.random.Generator`` as the only
 source of randomness. ``example_rng(seed, epoch, index)`` gives each example of each epoch its own
 stream, so augmentations do not depend on batch composition, data order or thread scheduling.
+``make_transform`` returns a ``ProtocolTransform``: the uint8 ``pixels`` of one example, then
+``normalize`` (which the loader applies to a whole batch at once).
 """
 
 from __future__ import annotations
@@ -128,8 +130,8 @@ def center_crop(image: Image.Image, size: int) -> Image.Image:
   return image.crop((left, top, left + size, top + size))
 
 
-def normalize(image: Image.Image, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)) -> np.ndarray:
-  """PIL RGB image -> float32 HWC ``(x / 255 - mean) / std``."""
+def normalize(image, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)) -> np.ndarray:
+  """uint8 RGB (PIL image, HWC or a batch NHWC) -> float32 ``(x / 255 - mean) / std``."""
   std = np.asarray(std, np.float32)
   x = np.asarray(image).astype(np.float32)
   x *= 1.0 / (255.0 * std)
@@ -137,9 +139,9 @@ def normalize(image: Image.Image, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)) -> 
   return x
 
 
-def train_transform(image: np.ndarray, rng: np.random.Generator,
-                    config: TransformConfig = TransformConfig()) -> np.ndarray:
-  """Training augmentation of one uint8 HWC image -> float32 ``(S, S, 3)``."""
+def train_pixels(image: np.ndarray, rng: np.random.Generator,
+                 config: TransformConfig = TransformConfig()) -> np.ndarray:
+  """Training augmentation of one uint8 HWC image -> uint8 ``(S, S, 3)``, before normalising."""
   pil, size = to_pil(image), config.image_size
   if config.resize_only:
     pil = pil.resize((size, size), Image.BILINEAR)
@@ -151,26 +153,54 @@ def train_transform(image: np.ndarray, rng: np.random.Generator,
     pil = pil.transpose(Image.FLIP_LEFT_RIGHT)
   if config.color_jitter > 0 and not config.resize_only:
     pil = color_jitter(pil, rng, config.color_jitter)
-  return normalize(pil, config.mean, config.std)
+  return np.asarray(pil)
 
 
-def eval_transform(image: np.ndarray, rng: np.random.Generator | None = None,
-                   config: TransformConfig = TransformConfig()) -> np.ndarray:
-  """Deterministic test transform of one uint8 HWC image -> float32 ``(S, S, 3)``."""
+def eval_pixels(image: np.ndarray, rng: np.random.Generator | None = None,
+                config: TransformConfig = TransformConfig()) -> np.ndarray:
+  """Deterministic test transform of one uint8 HWC image -> uint8 ``(S, S, 3)``."""
   del rng  # deterministic
   pil, size = to_pil(image), config.image_size
   if config.resize_only:
     pil = pil.resize((size, size), Image.BILINEAR)
   else:
     pil = center_crop(resize_shorter(pil, config.test_resize), size)
-  return normalize(pil, config.mean, config.std)
+  return np.asarray(pil)
+
+
+def train_transform(image: np.ndarray, rng: np.random.Generator,
+                    config: TransformConfig = TransformConfig()) -> np.ndarray:
+  """Training augmentation of one uint8 HWC image -> float32 ``(S, S, 3)``."""
+  return normalize(train_pixels(image, rng, config), config.mean, config.std)
+
+
+def eval_transform(image: np.ndarray, rng: np.random.Generator | None = None,
+                   config: TransformConfig = TransformConfig()) -> np.ndarray:
+  """Deterministic test transform of one uint8 HWC image -> float32 ``(S, S, 3)``."""
+  return normalize(eval_pixels(image, rng, config), config.mean, config.std)
+
+
+@dataclasses.dataclass(frozen=True)
+class ProtocolTransform:
+  """``transform(image, rng) -> float32 HWC``, split in two for the loader: ``pixels`` (uint8, per
+  example) and ``normalize`` (once per batch, the same arithmetic)."""
+  train: bool
+  config: TransformConfig
+
+  def pixels(self, image: np.ndarray, rng: np.random.Generator | None) -> np.ndarray:
+    return (train_pixels if self.train else eval_pixels)(image, rng, self.config)
+
+  def normalize(self, pixels: np.ndarray) -> np.ndarray:
+    return normalize(pixels, self.config.mean, self.config.std)
+
+  def __call__(self, image: np.ndarray, rng: np.random.Generator | None) -> np.ndarray:
+    return self.normalize(self.pixels(image, rng))
 
 
 def make_transform(train: bool, *, protocol: str = "standard", image_size: int = IMAGE_SIZE,
-                   **overrides) -> Transform:
+                   **overrides) -> ProtocolTransform:
   """``transform(image, rng) -> float32 HWC``; protocol ``'standard'`` or ``'resize'`` (VWW)."""
   if protocol not in ("standard", "resize"):
     raise ValueError(f"unknown transform protocol {protocol!r}; expected 'standard' or 'resize'")
-  config = TransformConfig(image_size=image_size, resize_only=protocol == "resize", **overrides)
-  fn = train_transform if train else eval_transform
-  return lambda image, rng: fn(image, rng, config)
+  return ProtocolTransform(train, TransformConfig(image_size=image_size,
+                                                  resize_only=protocol == "resize", **overrides))
