@@ -9,6 +9,10 @@
   frozen layers below the shallowest selected one run in ``--prefix-chunks`` batch chunks
   (``trady_jax.prefix``).
 
+``--bn MODE`` (``trady_jax.batchnorm``) measures the same three steps with BatchNorm in that mode
+(default ``folded``, the int8 deployment form, whose ratios are tracked over time) and reports
+``bn_bytes``, what the BN backward keeps beside the budget; the JSON is the same for every mode.
+
 Memory is XLA's ``memory_analysis().temp_size_in_bytes`` of the compiled step, FLOPs its
 ``cost_analysis()['flops']``, time the median wall time of repeated calls after warm-up. XLA counts
 a loop body once, so the trady FLOPs come from the same step compiled without the chunk loop (the
@@ -35,7 +39,8 @@ import numpy as np
 import optax
 
 from trady_jax import costs as costs_lib
-from trady_jax import ops, parallel, prefix, ranking, samplers, sparse_update, steps, xla
+from trady_jax import batchnorm, ops, parallel, prefix, ranking, samplers, sparse_update, steps
+from trady_jax import xla
 from trady_jax import selection as sel
 
 MiB = 2**20
@@ -108,12 +113,29 @@ def main(argv=None):
                   help="trady: batch chunks for the frozen prefix (trady_jax.prefix); 1 = off")
   ap.add_argument("--peer", choices=["torch"], default=None,
                   help="also time PyTorch's full fine-tuning step on the same network")
+  ap.add_argument("--bn", choices=batchnorm.MODES, default="folded",
+                  help="BatchNorm mode (trady_jax.batchnorm); int8 weights are calibrated on the "
+                       "benchmark batch. Default: folded, whose ratios are tracked over time")
   ap.add_argument("--json", action="store_true", help="print one JSON object on the last line")
   args = ap.parse_args(argv)
 
-  model, params, pretrained = common.load_model(args.arch, 10, weights_dir=args.weights_dir,
-                                                image_size=args.image_size)
   size = args.image_size
+  rng = np.random.default_rng(0)
+  batch = {"image": jnp.asarray(rng.uniform(-1, 1, (args.batch, size, size, 3)), jnp.float32),
+           "label": jnp.asarray(rng.integers(0, 10, args.batch), jnp.int32)}
+  net, pretrained = common.load_network(args.arch, 10, bn=args.bn, calibration=[batch["image"]],
+                                        weights_dir=args.weights_dir, image_size=size)
+  model, params = net.module, net.params
+  # BN running statistics: an extra step argument, and BN layers in batch-statistics mode.
+  bn_state = () if net.batch_stats is None else (net.batch_stats,)
+
+  def logits(variables, x):
+    """The model on ``x`` as the train step runs it (BN on batch statistics)."""
+    if bn_state:
+      return model.apply({**variables, "batch_stats": bn_state[0]}, x,
+                         mutable=["batch_stats"])[0]
+    return model.apply(variables, x)
+
   costs = costs_lib.trace(model, (1, size, size, 3))
   doc = common.load_ranking(args.arch, args.ranking, costs)
   if doc is None:
@@ -122,9 +144,6 @@ def main(argv=None):
   sampler = samplers.uniform(params, costs, args.budget, pool)
   draw = jax.jit(sampler.sample)
   selections = [draw(jax.random.fold_in(jax.random.key(0), e)) for e in range(3)]
-  rng = np.random.default_rng(0)
-  batch = {"image": jnp.asarray(rng.uniform(-1, 1, (args.batch, size, size, 3)), jnp.float32),
-           "label": jnp.asarray(rng.integers(0, 10, args.batch), jnp.int32)}
 
   sgd = optax.sgd(0.01)
   sparse = optax.chain(sparse_update(), optax.sgd(0.01))
@@ -134,10 +153,9 @@ def main(argv=None):
   # the trady FLOPs are read from this compile (and its temp shows what chunking saves).
   trady_whole = steps.make_train_step(model, sparse, prefix_chunks=1)
 
-  def masked_step(params, opt_state, masks, batch):
+  def masked_step(params, opt_state, masks, batch, *_):
     """The reference approach: full backward, then every gradient times its runtime 0/1 mask."""
-    loss = lambda p: steps.cross_entropy(model.apply({"params": p}, batch["image"]),
-                                         batch["label"])
+    loss = lambda p: steps.cross_entropy(logits({"params": p}, batch["image"]), batch["label"])
     grads = jax.tree.map(jnp.multiply, jax.grad(loss)(params), masks)
     updates, opt_state = sgd.update(grads, opt_state, params)
     return optax.apply_updates(params, updates), opt_state
@@ -153,21 +171,24 @@ def main(argv=None):
   host_batch = batch
   if mesh is not None:
     parallel.check_batch(args.batch, mesh)
-    jit = lambda f: parallel.jit_train_step(f, mesh)
+    jit = lambda f: parallel.jit_train_step(f, mesh, batch_stats=bool(bn_state))
     batch = parallel.shard_batch(batch, mesh)
     params = parallel.replicate(params, mesh)
+    bn_state = tuple(parallel.replicate(s, mesh) for s in bn_state)
     selections = [parallel.replicate(s, mesh) for s in selections]
   host_params = params
   per_device = args.batch // (mesh.size if mesh is not None else 1)
   report = {"arch": args.arch, "budget": args.budget, "batch": args.batch,
             "devices": jax.device_count(), "cpu_count": os.cpu_count(), "pretrained": pretrained,
-            "topk_layers": len(pool)}
+            "topk_layers": len(pool), "bn": args.bn,
+            "bn_bytes": batchnorm.stored_bytes(costs, args.bn, per_device),
+            "random_init_layers": list(net.random_init_layers)}
   masks = [as_masks(s) for s in selections]
   timed = {}  # zero-argument step calls, re-timed beside the PyTorch peer
   cases = {"full": (full_step, sgd, None, None), "masked": (masked_step, sgd, masks[0], masks),
            "trady": (trady_step, sparse, selections[0], selections)}
   for name, (fn, tx, s, variants) in cases.items():
-    call_args = (params, tx.init(params), s, batch)
+    call_args = (params, tx.init(params), s, batch, *bn_state)
     jitted = jit(fn)
     # full / masked: what a user's ordinary model does (activations saved as floats).
     plain = ops.plain_activations() if name != "trady" else contextlib.nullcontext()
@@ -179,7 +200,7 @@ def main(argv=None):
              "step_s": xla.median_time(jitted, *call_args, repeats=args.repeats, warmup=2)}
     if s is not None:
       for other in variants[1:]:
-        jax.block_until_ready(jitted(params, tx.init(params), other, batch))
+        jax.block_until_ready(jitted(params, tx.init(params), other, batch, *bn_state))
       entry["compiles"] = jitted._cache_size()
     if name == "trady":
       whole = xla.compiled_stats(jit(trady_whole), *call_args)
@@ -195,7 +216,9 @@ def main(argv=None):
           f"step {entry['step_s']:.3f} s" + (f"  compiles {entry['compiles']}" if s else ""),
           flush=True)
 
-  if args.peer == "torch":
+  if args.peer == "torch" and bn_state:
+    print("peer torch: skipped, the peer is built from the BN-folded form (--bn folded)")
+  elif args.peer == "torch":
     report["peer"] = torch_peer_step(model, host_params, host_batch,
                                      {k: timed[k] for k in ("full", "trady")}, args.repeats)
 
@@ -205,11 +228,12 @@ def main(argv=None):
   act_bytes = usage["activations"] * per_device * 4
   local = {k: v[:per_device] for k, v in host_batch.items()}  # one device's share of the batch
   loss = lambda p: steps.cross_entropy(
-      model.apply({"params": p, "selection": selections[0]}, local["image"]), local["label"])
+      logits({"params": p, "selection": selections[0]}, local["image"]), local["label"])
   res = residual_bytes(loss, params)
   eval_step = steps.make_eval_step(model, chunks=1)  # inference on the whole batch
-  eval_jit = jax.jit(eval_step) if mesh is None else parallel.jit_eval_step(eval_step, mesh)
-  forward = xla.compiled_stats(eval_jit, params, batch)["temp_bytes"]
+  eval_jit = jax.jit(eval_step) if mesh is None else parallel.jit_eval_step(
+      eval_step, mesh, batch_stats=bool(bn_state))
+  forward = xla.compiled_stats(eval_jit, params, batch, *bn_state)["temp_bytes"]
   k, n = report["trady"]["frozen_prefix_stages"], report["trady"]["prefix_chunks"]
   prefix_temp = suffix_temp = 0
   if k:  # forward working sets on one device's batch: one prefix chunk, then the stages above it
@@ -250,6 +274,9 @@ def main(argv=None):
     report["ratios"]["trady_over_torch_full_time"] = beside["trady"] / torch_s
     report["ratios"]["full_over_torch_full_time"] = beside["full"] / torch_s
   a = report["analytic"]
+  print(f"bn {args.bn}: BN backward keeps {report['bn_bytes'] / MiB:.2f} MiB (x_hat of every BN, "
+        f"outside the budget; trady_jax.batchnorm) against a budget of {a['budget_units']:,} "
+        f"units = {a['budget_units'] * 4 / 1024:.1f} KiB in fp32")
   print(f"budget use {a['budget_units']:,} units (weights {a['weight_units']:,}, activations "
         f"{a['activation_units']:,}) over {len(pool)} top-K layers; gradient path "
         f"{a['gradient_path_layers']} conv layers")

@@ -1,8 +1,13 @@
 """Fine-tune a pretrained network under a memory budget: one run.
 
-    python experiments/train.py                       # short TraDy run of mbv2-w0.35 on CIFAR-10
-    python experiments/train.py --strategy medyate --budget 66592 --epochs 50 --workdir runs/m1
+    python experiments/train.py                       # quick preset: short TraDy run, CIFAR-10
+    python experiments/train.py --strategy medyate --budget 66592 --workdir runs/m1
     python experiments/train.py --offline true        # only ../shared (weights + CIFAR-10 copy)
+
+Presets (``--preset``) give the other flags their defaults: ``quick`` (``QUICK``: 2,000 train /
+1,000 test images, 1 + 1 epochs, lr 0.03) for the bare command only; ``paper``, the papers'
+protocol for the dataset (every image, the dataset's epochs + 5 warm-up, lr 0.125, BatchNorm in
+train mode), for any command with a flag. Every run prints what it trains on.
 
 With network the data comes from tensorflow-datasets and the weights from the public model zoo
 (cached); offline the copies in ../shared are used; with neither the run says so and uses generated
@@ -32,14 +37,20 @@ from trady_jax import config, parallel, results, workdir
 # the second epoch, test accuracy 10 %); 0.03 reached 43 % and 0.01 34 % in the same two epochs.
 QUICK = config.Config(strategy="trady", train_limit=2000, test_limit=1000, epochs=1,
                       warmup_epochs=1, lr=0.03)
+PRESETS = {"quick": QUICK, "paper": config.Config()}  # 'paper': the papers' protocol
 
 
 def main(argv=None):
   ap = config.ArgumentParser(description=__doc__, allow_abbrev=False,
                              formatter_class=argparse.RawDescriptionHelpFormatter)
   ap.add_argument("--workdir", default="", help="run folder (default runs/<arch>-<strategy>-...)")
-  config.add_arguments(ap, QUICK)
+  ap.add_argument("--preset", choices=sorted(PRESETS), default=None,
+                  help="defaults of the other flags: 'quick' for the bare command, else 'paper'")
+  argv = sys.argv[1:] if argv is None else list(argv)
+  preset = ap.parse_known_args(argv)[0].preset or ("quick" if not argv else "paper")
+  config.add_arguments(ap, PRESETS[preset])
   args = ap.parse_args(argv)
+  print(f"preset {preset}", flush=True)
   cfg = config.from_args(args)
   common.check_config(cfg)
   parallel.initialize()  # joins a multi-host job when the environment describes one
