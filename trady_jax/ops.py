@@ -32,6 +32,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from trady_jax import depthwise
+
 Padding = tuple[tuple[int, int], ...]
 
 _DIMENSION_NUMBERS = ("NHWC", "HWIO", "NHWC")
@@ -39,7 +41,13 @@ _DIMENSION_NUMBERS = ("NHWC", "HWIO", "NHWC")
 
 def conv2d(x: jax.Array, kernel: jax.Array, strides: Sequence[int], padding: Padding,
            groups: int) -> jax.Array:
-  """Plain NHWC/HWIO grouped convolution (the forward of every conv layer)."""
+  """Plain NHWC/HWIO grouped convolution (the forward of every conv layer).
+
+  Depthwise convolutions run in ``depthwise``'s formulation for the backend (shifted
+  multiply-adds on CPU, where XLA's grouped convolution is slow); every other kind in XLA's.
+  """
+  if conv_kind(kernel.shape, groups) == "depthwise":
+    return depthwise.conv(x, kernel, tuple(strides), padding)
   return lax.conv_general_dilated(
       x, kernel, window_strides=tuple(strides), padding=padding,
       feature_group_count=groups, dimension_numbers=_DIMENSION_NUMBERS)
@@ -103,18 +111,20 @@ def _selective_conv_bwd(strides, padding, groups, residuals, g):
   n, h, w, _ = x_sel.shape
   kh, kw, cin_per_group, cout = kernel.shape
   c_in = cin_per_group * groups
-  x_aval = jax.ShapeDtypeStruct((n, h, w, c_in), x_sel.dtype)
-  (dx,) = jax.linear_transpose(
-      lambda x: conv2d(x, kernel, strides, padding, groups), x_aval)(g)
+  x_shape = (n, h, w, c_in)
+  depthwise_kind = conv_kind(kernel.shape, groups) == "depthwise"
+  if depthwise_kind:
+    dx = depthwise.input_grad(g, kernel, x_shape, strides, padding)
+  else:
+    (dx,) = jax.linear_transpose(lambda x: conv2d(x, kernel, strides, padding, groups),
+                                 jax.ShapeDtypeStruct(x_shape, x_sel.dtype))(g)
   k = idx.shape[0]
   if k == 0:
     return dx, jnp.zeros_like(kernel), None
-  if conv_kind(kernel.shape, groups) == "depthwise":
+  if depthwise_kind:
     out_idx = _output_channels(idx, cout // c_in)
-    w_aval = jax.ShapeDtypeStruct((kh, kw, 1, out_idx.shape[0]), kernel.dtype)
-    (dw_sel,) = jax.linear_transpose(
-        lambda w: conv2d(x_sel, w, strides, padding, k), w_aval)(
-            jnp.take(g, out_idx, axis=-1))
+    dw_sel = depthwise.weight_grad(x_sel, jnp.take(g, out_idx, axis=-1), (kh, kw), strides,
+                                   padding, selected=True)
     dw = jnp.zeros_like(kernel).at[:, :, :, out_idx].set(dw_sel)
   else:
     w_aval = jax.ShapeDtypeStruct((kh, kw, k, cout), kernel.dtype)
@@ -195,7 +205,10 @@ def _relu6(x):
 
 
 def _relu6_fwd(x):
-  return jnp.clip(x, 0, 6), _pack((x > 0) & (x < 6))
+  # The mask is read off the output (0 < y < 6 exactly where 0 < x < 6), so the input has one
+  # consumer and XLA need not keep it, or what it is computed from, for the mask.
+  y = jnp.clip(x, 0, 6)
+  return y, _pack((y > 0) & (y < 6))
 
 
 def _mask_bwd(packed, g):
@@ -211,7 +224,8 @@ def _relu(x):
 
 
 def _relu_fwd(x):
-  return jnp.maximum(x, 0), _pack(x > 0)
+  y = jnp.maximum(x, 0)
+  return y, _pack(y > 0)
 
 
 _relu.defvjp(_relu_fwd, _mask_bwd)

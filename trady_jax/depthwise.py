@@ -1,0 +1,224 @@
+"""Depthwise convolution in the fastest formulation each backend has, for forward and backward.
+
+A depthwise ``kh x kw`` convolution (one input channel per group, channel multiplier ``m``) is
+
+    y[n, i, j, c*m + q] = sum_{a, b} x_pad[n, i*s + a, j*s + b, c] * W[a, b, 0, c*m + q],
+
+``kh*kw`` multiply-adds per output element: no reduction over channels, so no matrix multiply to
+hand it to. XLA's CPU backend lowers ``lax.conv_general_dilated`` with ``feature_group_count=C``
+to a generic loop that runs at about 0.2 GMAC/s (on a 2-core CPU the depthwise layers of
+MobileNetV2 are 16 % of its conv MACs and over 90 % of its conv time). Written as ``kh*kw``
+shifted slices of the padded input, each scaled by one kernel tap and summed, the same
+arithmetic fuses into one elementwise loop and runs 10-50x faster. Its transposes are as simple:
+
+* input gradient (what every layer on the gradient path pays): the linear transpose of those
+  slices is a sum of padded copies of ``g * W[a, b]``, again one fused loop;
+* kernel gradient (paper Eq. 2 restricted to the selected channels, Eq. 4 for its cost)::
+
+      dW[a, b, 0, c*m + q] = sum_{n, i, j} x_pad[n, i*s + a, j*s + b, c] * g[n, i, j, c*m + q],
+
+  ``kh*kw`` reductions of the same products. One variadic ``lax.reduce`` computes all taps in one
+  pass over ``g``, over batch chunks small enough for the L3 cache (a ``lax.scan``), so each
+  chunk is read from memory once instead of ``kh*kw`` times.
+
+Which formulation runs is chosen per backend, by measurement (``experiments/profile_layers.py``
+prints both): ``FORMULATIONS`` holds the choice, ``formulation(name)`` overrides it within a
+``with`` block, and the ``TRADY_JAX_DEPTHWISE`` environment variable (``xla`` | ``shifted``)
+overrides it for a process. Both are exact to float32 rounding (tests/test_depthwise.py checks
+every stride, padding, kernel size and multiplier the models use against
+``lax.conv_general_dilated``).
+
+``conv`` is a ``jax.custom_vjp`` whose residuals are ``x`` and the kernel, exactly what autodiff of
+``lax.conv_general_dilated`` keeps, so the plain (full fine-tuning) path gets the speed-up at
+unchanged memory; ``ops.selective_conv`` calls ``input_grad`` and ``weight_grad`` directly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+from typing import Iterator, Sequence
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+Padding = tuple[tuple[int, int], ...]
+
+# Backend -> operation -> formulation, as measured on each (``experiments/profile_layers.py
+# --depthwise`` times both per layer; ``bench_step.py`` the whole step). On CPU the shifted forms
+# run 10-50x faster forward and input gradient, 3-20x faster kernel gradient. The kernel gradient
+# of a few *selected* channels stays XLA's there: it is small either way, and in the selective
+# step the shifted one's padded copies of the cotangent raise the peak temp memory.
+OPERATIONS = ("forward", "input_grad", "weight_grad", "selected_weight_grad")
+FORMULATIONS = {
+    "cpu": {"forward": "shifted", "input_grad": "shifted", "weight_grad": "shifted",
+            "selected_weight_grad": "xla"},
+}
+DEFAULT = "xla"  # backends not measured: XLA's own convolution
+_OVERRIDE: list[str] = []
+_CHOICES = ("xla", "shifted")
+# Batch chunks per backend: the shifted kernel gradient runs over chunks of the batch whose inputs
+# + cotangents stay under this many bytes (about the L3 cache, so each is read from memory once).
+# None: the whole batch at once (accelerators, where a serial loop of small kernels costs more).
+CHUNK_BYTES = {"cpu": 4 << 20}
+
+
+@contextlib.contextmanager
+def formulation(name: str) -> Iterator[None]:
+  """Use depthwise formulation ``name`` ('xla' or 'shifted') for code traced in this block."""
+  if name not in _CHOICES:
+    raise ValueError(f"unknown depthwise formulation {name!r}; choose from {_CHOICES}")
+  _OVERRIDE.append(name)
+  try:
+    yield
+  finally:
+    _OVERRIDE.pop()
+
+
+def active_formulation(operation: str = "forward") -> str:
+  """The formulation of ``operation`` (one of ``OPERATIONS``) for code traced now: the innermost
+  ``formulation`` block, else ``$TRADY_JAX_DEPTHWISE``, else the backend's measured choice.
+
+  It is read at trace time: a function already compiled keeps the formulation it was traced with
+  (``jax.jit`` caches by function and shapes), so wrap a fresh function to compare formulations.
+  """
+  if _OVERRIDE:
+    return _OVERRIDE[-1]
+  env = os.environ.get("TRADY_JAX_DEPTHWISE", "")
+  if env:
+    if env not in _CHOICES:
+      raise ValueError(f"TRADY_JAX_DEPTHWISE={env!r}: choose from {_CHOICES}")
+    return env
+  return FORMULATIONS.get(jax.default_backend(), {}).get(operation, DEFAULT)
+
+
+def _out_size(size: int, pad: tuple[int, int], k: int, s: int) -> int:
+  return (size + pad[0] + pad[1] - k) // s + 1
+
+
+def _taps(x: jax.Array, kernel_hw: Sequence[int], strides: Sequence[int], padding: Padding,
+          out_hw: Sequence[int]) -> Iterator[tuple[int, int, jax.Array]]:
+  """``(a, b, x_pad[:, a::s, b::s, :])`` cropped to the output size, for every kernel tap.
+
+  One zero-padded copy of ``x``, then plain strided slices: XLA fuses slices into any consumer,
+  while a padded slice per tap would be materialised whenever the sum has several consumers.
+  """
+  (sh, sw), (ho, wo) = strides, out_hw
+  xp = jnp.pad(x, ((0, 0), tuple(padding[0]), tuple(padding[1]), (0, 0)))
+  n, c = x.shape[0], x.shape[-1]
+  for a in range(kernel_hw[0]):
+    for b in range(kernel_hw[1]):
+      yield a, b, lax.slice(xp, (0, a, b, 0), (n, a + (ho - 1) * sh + 1, b + (wo - 1) * sw + 1, c),
+                            (1, sh, sw, 1))
+
+
+def _repeat(x: jax.Array, multiplier: int) -> jax.Array:
+  return x if multiplier == 1 else jnp.repeat(x, multiplier, axis=-1)
+
+
+def shifted_conv(x: jax.Array, kernel: jax.Array, strides: Sequence[int],
+                 padding: Padding) -> jax.Array:
+  """Depthwise conv as ``kh*kw`` shifted multiply-adds (plain jnp; differentiable, linear)."""
+  kh, kw, _, c_out = kernel.shape
+  x = _repeat(x, c_out // x.shape[-1])
+  out_hw = tuple(_out_size(x.shape[1 + i], padding[i], kernel.shape[i], strides[i])
+                 for i in range(2))
+  y = None
+  for a, b, tap in _taps(x, (kh, kw), strides, padding, out_hw):
+    t = tap * kernel[a, b, 0]
+    y = t if y is None else y + t
+  return y
+
+
+def _xla_conv(x, kernel, strides, padding):
+  return lax.conv_general_dilated(x, kernel, tuple(strides), padding,
+                                  feature_group_count=x.shape[-1],
+                                  dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+def input_grad(g: jax.Array, kernel: jax.Array, x_shape: Sequence[int], strides: Sequence[int],
+               padding: Padding) -> jax.Array:
+  """``dL/dx`` of a depthwise conv from its output cotangent ``g`` (needs only the kernel)."""
+  fwd = shifted_conv if active_formulation("input_grad") == "shifted" else _xla_conv
+  aval = jax.ShapeDtypeStruct(tuple(x_shape), g.dtype)
+  (dx,) = jax.linear_transpose(lambda x: fwd(x, kernel, strides, padding), aval)(g)
+  return dx
+
+
+def _chunk(n: int, bytes_per_example: int) -> int:
+  """The largest divisor of ``n`` whose examples fit in the backend's chunk bytes (at least 1)."""
+  limit = CHUNK_BYTES.get(jax.default_backend())
+  if limit is None:
+    return n
+  best = 1
+  for d in range(1, n + 1):
+    if n % d == 0 and d * bytes_per_example <= limit:
+      best = d
+  return best
+
+
+def _tap_sums(x, g, kernel_hw, strides, padding):
+  """``(kh*kw, W_out, C)``: per tap, the products summed over batch and rows (one variadic reduce)."""
+  prods = tuple(tap * g for _, _, tap in _taps(x, kernel_hw, strides, padding, g.shape[1:3]))
+  zeros = tuple(jnp.zeros((), g.dtype) for _ in prods)
+  sums = lax.reduce(prods, zeros, lambda u, v: tuple(p + q for p, q in zip(u, v)), (0, 1))
+  return jnp.stack(sums)
+
+
+def weight_grad(x: jax.Array, g: jax.Array, kernel_hw: Sequence[int], strides: Sequence[int],
+                padding: Padding, *, selected: bool = False) -> jax.Array:
+  """``dL/dW`` ``(kh, kw, 1, C*m)`` of a depthwise conv from its input ``x`` and cotangent ``g``.
+
+  ``x`` may hold only some channels (the selected ones, paper Eq. 2): ``g`` then holds their
+  output channels, and the result is the kernel gradient of those channels alone
+  (``selected=True`` picks the formulation measured best for that case).
+  """
+  kh, kw = kernel_hw
+  c_out = g.shape[-1]
+  if active_formulation("selected_weight_grad" if selected else "weight_grad") == "xla":
+    aval = jax.ShapeDtypeStruct((kh, kw, 1, c_out), g.dtype)
+    (dw,) = jax.linear_transpose(lambda w: _xla_conv(x, w, strides, padding), aval)(g)
+    return dw
+  x = _repeat(x, c_out // x.shape[-1])
+  n = x.shape[0]
+  per_example = (x[0].size + g[0].size) * x.dtype.itemsize
+  chunk = _chunk(n, per_example)
+  if chunk == n:
+    sums = _tap_sums(x, g, kernel_hw, strides, padding)
+  else:
+    xs = x.reshape(n // chunk, chunk, *x.shape[1:])
+    gs = g.reshape(n // chunk, chunk, *g.shape[1:])
+
+    def body(acc, xg):
+      return acc + _tap_sums(xg[0], xg[1], kernel_hw, strides, padding), None
+
+    init = jnp.zeros((kh * kw, g.shape[2], c_out), g.dtype)
+    sums, _ = lax.scan(body, init, (xs, gs))
+  return jnp.sum(sums, axis=1).reshape(kh, kw, 1, c_out)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def conv(x: jax.Array, kernel: jax.Array, strides: tuple[int, int], padding: Padding) -> jax.Array:
+  """Depthwise convolution (NHWC input, ``(kh, kw, 1, C*m)`` kernel) in the active formulation.
+
+  Its VJP keeps ``x`` and the kernel (as autodiff of ``lax.conv_general_dilated`` does) and
+  computes both gradients with ``input_grad`` and ``weight_grad``.
+  """
+  if active_formulation("forward") == "xla":
+    return _xla_conv(x, kernel, strides, padding)
+  return shifted_conv(x, kernel, strides, padding)
+
+
+def _conv_fwd(x, kernel, strides, padding):
+  return conv(x, kernel, strides, padding), (x, kernel)
+
+
+def _conv_bwd(strides, padding, residuals, g):
+  x, kernel = residuals
+  return (input_grad(g, kernel, x.shape, strides, padding),
+          weight_grad(x, g, kernel.shape[:2], strides, padding))
+
+
+conv.defvjp(_conv_fwd, _conv_bwd)
