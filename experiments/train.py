@@ -47,7 +47,9 @@ def main(argv=None):
   ap.add_argument("--preset", choices=sorted(PRESETS), default=None,
                   help="defaults of the other flags: 'quick' for the bare command, else 'paper'")
   argv = sys.argv[1:] if argv is None else list(argv)
-  preset = ap.parse_known_args(argv)[0].preset or ("quick" if not argv else "paper")
+  pre = argparse.ArgumentParser(add_help=False)  # reads --preset only, before the full parser
+  pre.add_argument("--preset", choices=sorted(PRESETS), default=None)
+  preset = pre.parse_known_args(argv)[0].preset or ("quick" if not argv else "paper")
   config.add_arguments(ap, PRESETS[preset])
   args = ap.parse_args(argv)
   print(f"preset {preset}", flush=True)
