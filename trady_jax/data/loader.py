@@ -10,23 +10,24 @@ batches ahead of the consumer. Workers write their rows straight into the batch;
 transforms the rows are uint8 and the worker that completes a batch normalises it in one numpy
 operation (no per-image float arrays, no stacking).
 
-Why threads and not ``grain`` (``experiments/bench_loader.py --grain``, 2-core CPU, batch 32, train
-transforms, 2 workers, images/s, median of 3 interleaved rounds; grain 0.2.18 fed the same uint8
-rows and per-batch normalisation):
+Why threads and not ``grain`` (``experiments/bench_loader.py --grain``, 2-core CPU shared with other
+jobs, batch 32, train transforms, 2 workers; images/s, range of the medians of three runs; grain
+0.2.18 fed the same uint8 rows and per-batch normalisation):
 
   ==================  ======================  ====================  ==================
   pipeline            offline CIFAR-10 32 px  500x375 JPEG folder   first batch
   ==================  ======================  ====================  ==================
-  this loader         740 - 800               330 - 380             0.06 - 0.15 s
+  this loader         720 - 800               250 - 380             0.06 - 0.15 s
   grain, threads      650 - 810               335 - 400             0.07 - 0.22 s
-  grain, processes    605 - 1055              315 - 340             2.4 - 3.8 s
+  grain, processes    605 - 1055              315 - 375             2.4 - 3.9 s
   ==================  ======================  ====================  ==================
 
 All three give the same batches for ``(seed, epoch)`` and resume exactly (grain from its iterator
-state, this loader from ``start_step``). Grain's threads bring nothing; its process workers are at
-best 1.4x on tiny images and slower on large ones, start seconds late every epoch, and share the
-same cores as the train step, which is 5-15x slower than this loader (55 img/s for mbv2-w0.35 TraDy
-at 128 px; a run keeps the step's speed). So the loader stays a thread pool, with no dependency.
+state, this loader from ``start_step``). Grain's threads bring nothing; its process workers gain at
+most 1.4x on tiny images and nothing on large ones, start seconds late every epoch and share the
+cores of the train step, which is 4-14x slower than this loader anyway (55-60 img/s for mbv2-w0.35
+TraDy at 128 px; a run with this loader reaches 0.92-1.01x the step alone). So the loader stays a
+thread pool, with no dependency.
 """
 
 from __future__ import annotations
