@@ -179,6 +179,21 @@ def test_load_model_from_dir_warns_on_fresh_feature_mix(tmp_path):
     registry.load_model("mcunet-in1", weights_dir=tmp_path)
 
 
+def test_int8_weights_get_batchnorm_back_by_calibration(tmp_path):
+  desc, arrays = tiny_int8(np.random.default_rng(2))
+  write_int8(tmp_path, "mbv2-w0.35", desc, arrays)
+  kw = dict(weights_dir=tmp_path, source="int8", imagenet_head=True)
+  folded = registry.load_network("mbv2-w0.35", **kw)
+  calib = [np.random.default_rng(3).uniform(-1, 1, (8, 32, 32, 3)).astype(np.float32)]
+  with pytest.raises(ValueError, match="calibration images"):
+    registry.load_network("mbv2-w0.35", bn="train", **kw)
+  net = registry.load_network("mbv2-w0.35", bn="train", calibration=calib, **kw)
+  assert net.module.bn == "train" and net.random_init_layers == () and folded.batch_stats is None
+  x = np.random.default_rng(4).uniform(-1, 1, (2, 32, 32, 3)).astype(np.float32)
+  got = net.module.apply({"params": net.params, "batch_stats": net.batch_stats}, x)
+  assert_close(np.asarray(got), apply(folded.module, folded.params, x), rtol=1e-4)
+
+
 def test_registry_lookup_and_download(tmp_path, monkeypatch):
   monkeypatch.setenv("TRADY_JAX_WEIGHTS", str(tmp_path / "w"))
   monkeypatch.setenv("TRADY_JAX_CACHE", str(tmp_path / "cache"))
@@ -332,6 +347,20 @@ def test_zoo_config_and_bn_folding(zoo_net):
   with pytest.raises(KeyError, match="blocks_1/pointwise2"):
     weights.convert_state_dict({k: v for k, v in sd.items() if ".1.mobile_inverted_conv.point_"
                                 not in k}, mcunet.zoo_key_map(parsed))
+
+
+def test_zoo_bn_kept_is_the_reference_network(zoo_net):
+  """fp32 zoo weights with BatchNorm unfolded: evaluation mode computes the zoo network."""
+  spec, cfg, sd = zoo_net
+  parsed = mcunet.spec_from_zoo_config(cfg)
+  params, stats = weights.split_bn(
+      weights.convert_state_dict(sd, mcunet.zoo_key_map(parsed), eps=1e-3, keep_bn=True))
+  model = mcunet.MCUNet(parsed, 1000, bn="train")
+  assert "bias" not in params["first_conv"] and set(stats["first_conv"]["bn"]) == {"mean", "var"}
+  assert "bn" not in params["blocks_0"].get("se_reduce", {})
+  x = np.random.default_rng(6).uniform(-1, 1, (2, 32, 32, 3))
+  got = model.apply({"params": params, "batch_stats": stats}, jnp.asarray(x, jnp.float32))
+  assert_close(np.asarray(got), zoo_reference(cfg, sd, x, 1e-3), rtol=1e-4)
 
 
 def test_zoo_pth_through_load_model(zoo_net, tmp_path):

@@ -35,18 +35,20 @@ class _Pair(tuple):
     return len(self[1])
 
 
-def _run(tmp, strategy, **kw):
+def _run(tmp, strategy, bn="folded", **kw):
   cfg = config.Config(arch="tiny", pretrained=False, image_size=SIZE, dataset="synthetic",
                       strategy=strategy, budget=3000, epochs=2, warmup_epochs=1, batch_size=16,
-                      progress=False, **{"lr": 0.05, **kw})
-  model = TinyCNN(num_classes=4)
-  params = model.init(jax.random.key(cfg.seed), jnp.zeros((1, SIZE, SIZE, 3)))["params"]
+                      progress=False, bn=bn, **{"lr": 0.05, **kw})
+  model = TinyCNN(num_classes=4, bn=bn)
+  variables = model.init(jax.random.key(cfg.seed), jnp.zeros((1, SIZE, SIZE, 3)))
+  params = variables["params"]
   c = costs.trace(model, (1, SIZE, SIZE, 3))
   doc = {"layer_rgn": {l.path: float(i + 1) for i, l in enumerate(c.convs)},
          "lara": {l.path: float(i + 1) / l.layer_memory for i, l in enumerate(c.convs)}}
   return train.Run(cfg, tmp, model=model, params=params, train_source=_Pair(_data(96, 0)),
                    test_source=_Pair(_data(48, 1)), batches=_batches, ranking_doc=doc,
-                   scheme_counts={"blocks_1_depthwise/kernel": 4, "blocks_1_pointwise2/kernel": 6})
+                   scheme_counts={"blocks_1_depthwise/kernel": 4, "blocks_1_pointwise2/kernel": 6},
+                   batch_stats=variables.get("batch_stats"))
 
 
 @pytest.mark.parametrize("strategy", ["trady", "medyate", "baseline", "su", "d-det-rgn"])
@@ -63,8 +65,16 @@ def test_tiny_run_end_to_end(tmp_path, strategy):
     assert final["compilations"] == 1
 
 
-def test_killed_run_resumes_to_the_same_parameters(tmp_path):
-  whole = _run(tmp_path / "whole", "medyate")
+@pytest.mark.parametrize("strategy", ["d-det-rgn", "su"])
+def test_bn_train_run_end_to_end(tmp_path, strategy):
+  """BN in train mode through the oracle (full-gradient) selection and a static scheme."""
+  final = _run(tmp_path, strategy, "train").run()
+  assert np.isfinite(final["train_loss"]) and final["bn_bytes"] > 0
+
+
+@pytest.mark.parametrize("bn", ["folded", "train"])
+def test_killed_run_resumes_to_the_same_parameters(tmp_path, bn):
+  whole = _run(tmp_path / "whole", "medyate", bn)
   whole.run()
 
   class Killed(Exception):
@@ -74,13 +84,17 @@ def test_killed_run_resumes_to_the_same_parameters(tmp_path):
     if epoch == 2:
       raise Killed
 
-  first = _run(tmp_path / "resumed", "medyate")
+  first = _run(tmp_path / "resumed", "medyate", bn)
   with pytest.raises(Killed):
     first.run(on_epoch_end=kill)
-  second = _run(tmp_path / "resumed", "medyate")
-  second.run()
-  for a, b in zip(jax.tree.leaves(whole.params), jax.tree.leaves(second.params)):
+  second = _run(tmp_path / "resumed", "medyate", bn)
+  final = second.run()
+  assert (final["bn_bytes"] > 0) == (bn == "train")
+  for a, b in zip(jax.tree.leaves((whole.params, whole.batch_stats)),
+                  jax.tree.leaves((second.params, second.batch_stats))):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  if bn == "train":  # running statistics moved, and were checkpointed
+    assert not np.allclose(second.batch_stats["first_conv"]["bn"]["var"], 1.0)
   lines = (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()
   assert [json.loads(l)["epoch"] for l in lines] == [1, 2, 3]
 

@@ -30,6 +30,7 @@ from trady_jax.models import torch_file
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+BN_EPS = 1e-5  # epsilon of batchnorm.BatchNorm (PyTorch's default)
 MAX_SCALE = 100.0  # largest int8 scale accepted (the shipped models' scales are at most 0.17)
 
 
@@ -204,8 +205,9 @@ def convert_state_dict(state_dict: Mapping[str, Any], key_map: Mapping[str, Conv
   """Parameter tree of a PyTorch state dict; ``key_map`` maps module paths to its keys.
 
   BatchNorm is folded into the conv, or with ``keep_bn`` kept as ``{'kernel', 'bn': {'scale',
-  'bias', 'mean', 'var'}}`` (a conv bias joins the running mean); ``split_bn`` separates the
-  running statistics.
+  'bias', 'mean', 'var'}}`` (a conv bias joins the running mean; the running variance is shifted
+  by ``eps - BN_EPS`` so that ``batchnorm.BatchNorm``'s ``sqrt(var + 1e-5)`` is the checkpoint's
+  ``sqrt(var + eps)``); ``split_bn`` separates the running statistics.
   """
   sd = normalise_keys(state_dict)
   flat = {}
@@ -225,9 +227,10 @@ def convert_state_dict(state_dict: Mapping[str, Any], key_map: Mapping[str, Conv
             for n in ("weight", "bias", "running_mean", "running_var")]
       if keep_bn:
         mean = bn[2] - (0 if bias is None else bias)
+        var = np.asarray(bn[3], np.float64) + eps - BN_EPS
         flat[path] = {"kernel": to_hwio(w.astype(np.float32)),
                       "bn": {k: np.asarray(v, np.float32) for k, v in
-                             zip(("scale", "bias", "mean", "var"), (*bn[:2], mean, bn[3]))}}
+                             zip(("scale", "bias", "mean", "var"), (*bn[:2], mean, var))}}
         continue
       w, b = fold_bn(w, *bn, eps=eps, bias=bias)
     else:
