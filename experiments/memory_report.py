@@ -6,7 +6,10 @@ Prints ``costs.table()`` (per input channel: weight cost C^W, activation cost C^
 weight-derivative MACs), the totals, the MIT Sparse Update schemes 1-5 in units, and with
 ``--budget`` how much of the network that budget is and how many channels it can hold. With
 ``--json`` the last line is one JSON object. Needs no weights: the MCU nets come from the
-architecture descriptions shipped in ``trady_jax/models/arch``.
+architecture descriptions shipped in ``trady_jax/models/arch`` (the papers' architectures, with
+the feature-mix conv the int8 weights lack; ``--no-feature-mix`` counts the network those weights
+describe). Also reported, outside the budget as in the papers: the bytes BatchNorm's backward
+keeps per sample in train mode (``batchnorm.stored_bytes``).
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import sys
 
 import numpy as np
 
-from trady_jax import costs
+from trady_jax import batchnorm, costs
 from trady_jax.models import registry, schemes
 
 
@@ -37,12 +40,13 @@ def budget_summary(net: costs.NetworkCosts, budget: int) -> dict:
 def report(arch: str, input_size: int = 128, feature_mix: bool = True,
            budget: int | None = None) -> tuple[costs.NetworkCosts, dict]:
   """The traced costs and the JSON summary."""
-  model = registry.build_model(arch, 10, feature_mix=feature_mix)
+  model = registry.build_model(arch, 10, feature_mix=feature_mix, bn="train")
   net = costs.trace(model, (1, input_size, input_size, 3))
   t = net.totals()
   out = {"arch": arch, "input": [input_size, input_size], "feature_mix": feature_mix,
          "conv_layers": len(net.convs), "weights": t["weights"], "activations": t["activations"],
-         "total": t["total"], "macs": t["macs"], "su_schemes": {}, "su_channels": {}}
+         "total": t["total"], "macs": t["macs"], "su_schemes": {}, "su_channels": {},
+         "bn_train_bytes_per_sample": batchnorm.stored_bytes(net, "train", 1)}
   if arch in schemes.SCHEMES:
     for k in schemes.SCHEMES[arch]:
       counts = schemes.scheme_counts(arch, k, net)
@@ -70,6 +74,9 @@ def main(argv=None) -> dict:
   for k, units in out["su_schemes"].items():
     print(f"MIT SU scheme {k}: {units:,} units ({100 * units / total:.2f} %), "
           f"{out['su_channels'][k]} channels, {math.ceil(units * 4 / 1024)} KiB at fp32")
+  print(f"BatchNorm in train mode keeps {out['bn_train_bytes_per_sample'] / 1024:,.0f} KiB per "
+        f"sample for its backward (x_hat of every BN), outside the budget; the whole network is "
+        f"{math.ceil(total * 4 / 1024):,} KiB of units at fp32")
   if args.budget is not None:
     b = out["budget"]
     print(f"budget {b['units']:,} units = {100 * b['share']:.2f} % of {total:,} "
