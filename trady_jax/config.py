@@ -58,6 +58,9 @@ class Config:
   eval_every: int = 1               # evaluate the test split every this many epochs (and last)
   max_steps_per_epoch: int = 0      # cap on steps per epoch, for smoke runs; 0 = no cap
   progress: bool = True             # tqdm progress bars
+  log_every: int = 10               # read step metrics back from the device every this many
+                                    # steps (progress bar, divergence check); they stay there
+                                    # in between, so the next steps are dispatched ahead
 
   def validate(self) -> "Config":
     """``self`` when every field is in range, else ``ConfigError`` naming the first bad one."""
@@ -120,6 +123,7 @@ _RULES = (
     ("seed", _int(0, 2 ** 32), "an integer from 0 to 2**32 - 1"),
     ("eval_every", _int(1), ">= 1"),
     ("max_steps_per_epoch", _int(0), ">= 0 (0 = no cap)"),
+    ("log_every", _int(1), ">= 1"),
 )
 
 

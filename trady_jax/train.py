@@ -20,7 +20,8 @@ import numpy as np
 import optax
 from tqdm.auto import tqdm
 
-from trady_jax import batchnorm, checkpoint, parallel, ranking, results, steps, strategies, workdir
+from trady_jax import (batchnorm, checkpoint, parallel, ranking, results, step_metrics, steps,
+                       strategies, workdir)
 from trady_jax import selection as sel
 from trady_jax.config import Config, ConfigError
 from trady_jax.costs import NetworkCosts, trace
@@ -146,21 +147,24 @@ class Run:
     # What BN's backward keeps per step, beyond the budget (``batchnorm.stored_bytes``).
     self.bn_bytes = batchnorm.stored_bytes(self.costs, cfg.bn, cfg.batch_size) if stats else 0
     self._epoch = 0
+    self._events = None  # step_metrics.EventWriter while a run trains
 
   def _place(self, tree):
     """Replicate params / state / selection over the mesh (no-op on one device)."""
     return tree if self.mesh is None or tree is None else parallel.replicate(tree, self.mesh)
 
+  def _to_device(self, b):
+    """One loader batch on the device, or split over the mesh (each host keeps its own rows)."""
+    if self.mesh is None:
+      return jax.device_put(b)
+    if jax.process_count() > 1:
+      n, i = jax.process_count(), jax.process_index()
+      b = {k: v[i * len(v) // n:(i + 1) * len(v) // n] for k, v in b.items()}
+    return parallel.shard_batch(b, self.mesh)
+
   def _device_batches(self, *args, **kwargs):
-    """The loader's batches, split over the mesh's devices (each host keeps its own rows)."""
-    for b in self.batches(*args, **kwargs):
-      if self.mesh is None:
-        yield b
-        continue
-      if jax.process_count() > 1:
-        n, i = jax.process_count(), jax.process_index()
-        b = {k: v[i * len(v) // n:(i + 1) * len(v) // n] for k, v in b.items()}
-      yield parallel.shard_batch(b, self.mesh)
+    """The loader's batches, transferred two ahead of the step that consumes them."""
+    return step_metrics.prefetch(self.batches(*args, **kwargs), self._to_device)
 
   def _oracle_batches(self):
     it = self.batches(self.train_source, self.cfg.batch_size, train=True, seed=self.cfg.seed + 7,
@@ -234,6 +238,9 @@ class Run:
     record: dict = dict(restored[2].get("metrics", {})) if restored is not None else {}
     t_run, wall0 = time.time(), record.get("wall_s", 0.0)
     self.epochs_trained = max(total_epochs - start, 0)
+    # TensorBoard event files beside metrics.jsonl when tensorboardX is installed.
+    if self.epochs_trained:
+      self._events = step_metrics.EventWriter(self.workdir / "events")
     for epoch in range(start, total_epochs):
       self._epoch = epoch
       if epoch == 0 or self.strategy.dynamic:
@@ -255,9 +262,12 @@ class Run:
                                for p, i in sel.as_numpy(selection, sort=False).items()}})
       with metrics_path.open("a") as f:
         f.write(json.dumps(record) + "\n")
+      self._events.scalars(epoch + 1, record, prefix="epoch/")
       if on_epoch_end is not None:
         on_epoch_end(epoch + 1, record)
     ckpt.close()
+    if self._events is not None:
+      self._events.close()
     self.params = params
     if not self.epochs_trained:  # finished before: its record as it was
       return record
@@ -275,7 +285,7 @@ class Run:
     selection = self._place(selection)
     bar = tqdm(total=self.steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.total_epochs()}",
                disable=not cfg.progress, leave=False, dynamic_ncols=True)
-    sums = {"loss": 0.0, "accuracy": 0.0}
+    meter = step_metrics.DeviceMeter(("loss", "accuracy"))
     norms = None
     t0, n = time.time(), 0
     for _, batch in zip(range(self.steps_per_epoch), it):
@@ -286,21 +296,33 @@ class Run:
       if "channel_norms" in m:
         cn = m.pop("channel_norms")
         norms = cn if norms is None else jax.tree.map(jnp.add, norms, cn)
-      m = jax.device_get(m)  # fetched for the progress bar anyway: checking it costs no sync
       n += 1
-      if not math.isfinite(float(m["loss"])):
-        raise DivergedError(epoch + 1, n, f"loss {float(m['loss'])}")
-      sums = {k: sums[k] + float(m[k]) for k in sums}
-      bar.set_postfix(loss=f"{sums['loss'] / n:.3f}", acc=f"{sums['accuracy'] / n:.3f}",
-                      img_s=f"{n * cfg.batch_size / (time.time() - t0):.0f}",
-                      budget=f"{usage['units']:,.0f}")
-      bar.update()
+      meter.add(m, n)  # stays on the device: the loop goes on dispatching
+      if n % cfg.log_every == 0:
+        self._report(epoch, meter, bar, t0, usage)
+    sums = self._report(epoch, meter, bar, t0, usage)  # waits for the last step
     bar.close()
     dt = time.time() - t0
     return params, opt_state, {"train_loss": sums["loss"] / max(n, 1),
                                "train_accuracy": sums["accuracy"] / max(n, 1),
                                "images_per_s": n * cfg.batch_size / max(dt, 1e-9),
                                "epoch_s": dt}, norms or {}
+
+  def _report(self, epoch, meter, bar, t0, usage) -> dict:
+    """Read the step metrics back (the one host sync), stop a diverged run, update the bar."""
+    r = meter.read()
+    if r["first_nonfinite_step"]:
+      raise DivergedError(epoch + 1, r["first_nonfinite_step"], f"loss {r['loss']}")
+    n = max(r["steps"], 1)
+    if bar is not None:
+      bar.set_postfix(loss=f"{r['loss'] / n:.3f}", acc=f"{r['accuracy'] / n:.3f}",
+                      img_s=f"{n * self.cfg.batch_size / (time.time() - t0):.0f}",
+                      budget=f"{usage['units']:,.0f}")
+      bar.update(r["steps"] - bar.n)
+    if self._events is not None:
+      self._events.scalars(epoch * self.steps_per_epoch + r["steps"],
+                           {"loss": r["loss"] / n, "accuracy": r["accuracy"] / n}, prefix="train/")
+    return r
 
 
 def _metric_lines(path: Path) -> list[tuple[str, dict]]:
