@@ -1,11 +1,13 @@
 """Where a training step's time goes, by kind of convolution (regular, pointwise, depthwise).
 
     python experiments/profile_layers.py --arch mbv2-w0.35 --batch 32
+    python experiments/profile_layers.py --depthwise          # XLA's vs the shifted formulation
 
 Times every conv layer of the model in isolation at its real shape: the forward pass, the input
 gradient (what every layer on the gradient path pays) and the full weight gradient (what full
-fine-tuning pays), and sums them by kind. On XLA's CPU backend depthwise convolutions are slow for
-their FLOP count; this script says by how much.
+fine-tuning pays), and sums them by kind, in the formulation ``trady_jax.depthwise`` chooses for
+this backend. ``--depthwise`` times the depthwise layers in both formulations, operation by
+operation, and says which is faster here: the measurement behind ``depthwise.FORMULATIONS``.
 """
 
 from __future__ import annotations
@@ -16,11 +18,25 @@ import json
 
 import common  # noqa: F401
 import jax
-import jax.numpy as jnp
 
 from trady_jax import costs as costs_lib
-from trady_jax import ops, xla
+from trady_jax import depthwise, ops, xla
 from trady_jax.layers import explicit_padding
+
+
+def time_layer(layer, batch: int, key) -> dict[str, float]:
+  """Median seconds of one conv layer's forward, input gradient and full weight gradient."""
+  g = layer.groups
+  x = jax.random.normal(key, (batch, *layer.in_hw, layer.in_channels))
+  w = jax.random.normal(key, (*layer.kernel_size, layer.in_channels // g, layer.out_channels))
+  pad = explicit_padding(layer.kernel_size, "SAME_TORCH")
+  conv = lambda x, w: ops.conv2d(x, w, layer.stride, pad, g)
+  fwd = jax.jit(conv)
+  y = fwd(x, w)
+  dx = jax.jit(lambda x, w, y: jax.vjp(lambda x: conv(x, w), x)[1](y)[0])
+  dw = jax.jit(lambda x, w, y: jax.vjp(lambda w: conv(x, w), w)[1](y)[0])
+  return {"forward_s": xla.median_time(fwd, x, w), "input_grad_s": xla.median_time(dx, x, w, y),
+          "weight_grad_s": xla.median_time(dw, x, w, y)}
 
 
 def main(argv=None):
@@ -28,32 +44,24 @@ def main(argv=None):
   ap.add_argument("--arch", default="mbv2-w0.35")
   ap.add_argument("--batch", type=int, default=32)
   ap.add_argument("--image-size", type=int, default=128)
+  ap.add_argument("--depthwise", action="store_true",
+                  help="time the depthwise layers in both formulations (xla, shifted)")
   ap.add_argument("--json", action="store_true")
   args = ap.parse_args(argv)
   model, _, _ = common.load_model(args.arch, 10, pretrained=False)
   net = costs_lib.trace(model, (1, args.image_size, args.image_size, 3))
-  by_kind = collections.defaultdict(lambda: collections.Counter())
   key = jax.random.key(0)
+  print(f"{args.arch}, batch {args.batch}, {args.image_size}x{args.image_size}, backend "
+        f"{jax.default_backend()}: seconds per step (median of 5) summed over layers")
+  if args.depthwise:
+    return compare_depthwise(net, args, key)
+  by_kind = collections.defaultdict(lambda: collections.Counter())
   for l in net.convs:
-    g = l.groups
-    x = jax.random.normal(key, (args.batch, *l.in_hw, l.in_channels))
-    w = jax.random.normal(key, (*l.kernel_size, l.in_channels // g, l.out_channels))
-    pad = explicit_padding(l.kernel_size, "SAME_TORCH")
-    fwd = jax.jit(lambda x, w: ops.conv2d(x, w, l.stride, pad, g))
-    y = fwd(x, w)
-    dx = jax.jit(lambda w, y: jax.linear_transpose(
-        lambda x: ops.conv2d(x, w, l.stride, pad, g), x)(y)[0])
-    dw = jax.jit(lambda x, y: jax.linear_transpose(
-        lambda w: ops.conv2d(x, w, l.stride, pad, g), w)(y)[0])
     c = by_kind[l.kind]
     c["layers"] += 1
     c["macs"] += l.macs * l.in_channels * args.batch
-    c["forward_s"] += xla.median_time(fwd, x, w)
-    c["input_grad_s"] += xla.median_time(dx, w, y)
-    c["weight_grad_s"] += xla.median_time(dw, x, y)
+    c.update(time_layer(l, args.batch, key))
   total = sum(c["forward_s"] + c["input_grad_s"] + c["weight_grad_s"] for c in by_kind.values())
-  print(f"{args.arch}, batch {args.batch}, {args.image_size}x{args.image_size}: seconds per step "
-        "(median of 5) summed over layers")
   print(f"{'kind':<10} {'layers':>6} {'GMACs':>7} {'forward':>8} {'dL/dx':>8} {'dL/dW':>8} "
         f"{'share':>6} {'GMAC/s fwd':>10}")
   report = {}
@@ -64,7 +72,35 @@ def main(argv=None):
           f"{c['input_grad_s']:>8.3f} {c['weight_grad_s']:>8.3f} {t / total:>6.1%} "
           f"{c['macs'] / 1e9 / max(c['forward_s'], 1e-9):>10.1f}")
   if args.json:
-    print(json.dumps({"arch": args.arch, "batch": args.batch, "kinds": report}))
+    print(json.dumps({"arch": args.arch, "batch": args.batch, "backend": jax.default_backend(),
+                      "kinds": report}))
+  return report
+
+
+def compare_depthwise(net, args, key) -> dict:
+  """Each depthwise operation summed over the layers, per formulation, and the faster one."""
+  layers = [l for l in net.convs if l.kind == "depthwise"]
+  totals = {}
+  for name in depthwise.FORMULATION_NAMES:
+    with depthwise.formulation(name):
+      totals[name] = collections.Counter()
+      for l in layers:
+        totals[name].update(time_layer(l, args.batch, key))
+  ops_ = ("forward_s", "input_grad_s", "weight_grad_s")
+  print(f"{len(layers)} depthwise layers")
+  print(f"{'operation':<14}" + "".join(f"{n:>10}" for n in totals) + f"{'faster':>10}")
+  best = {}
+  for op in ops_:
+    best[op] = min(totals, key=lambda n: totals[n][op])
+    print(f"{op[:-2]:<14}" + "".join(f"{totals[n][op]:>10.4f}" for n in totals) +
+          f"{best[op]:>10}")
+  report = {"arch": args.arch, "batch": args.batch, "backend": jax.default_backend(),
+            "depthwise_layers": len(layers),
+            "seconds": {n: {k: float(v) for k, v in c.items()} for n, c in totals.items()},
+            "faster": best, "chosen": {op: depthwise.active_formulation(op)
+                                       for op in depthwise.OPERATIONS}}
+  if args.json:
+    print(json.dumps(report))
   return report
 
 

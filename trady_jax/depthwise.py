@@ -47,10 +47,10 @@ from jax import lax
 Padding = tuple[tuple[int, int], ...]
 
 # Backend -> operation -> formulation, as measured on each (``experiments/profile_layers.py
-# --depthwise`` times both per layer; ``bench_step.py`` the whole step). On CPU the shifted forms
-# run 10-50x faster forward and input gradient, 3-20x faster kernel gradient. The kernel gradient
-# of a few *selected* channels stays XLA's there: it is small either way, and in the selective
-# step the shifted one's padded copies of the cotangent raise the peak temp memory.
+# --depthwise`` times both per operation; ``bench_step.py`` the whole step). On CPU the shifted
+# forms run 10-100x faster forward and input gradient, 3-20x faster kernel gradient. The kernel
+# gradient of a few *selected* channels stays XLA's there: it is small either way, and in the
+# selective step the shifted one's padded copies raise the peak temp memory.
 OPERATIONS = ("forward", "input_grad", "weight_grad", "selected_weight_grad")
 FORMULATIONS = {
     "cpu": {"forward": "shifted", "input_grad": "shifted", "weight_grad": "shifted",
@@ -58,7 +58,7 @@ FORMULATIONS = {
 }
 DEFAULT = "xla"  # backends not measured: XLA's own convolution
 _OVERRIDE: list[str] = []
-_CHOICES = ("xla", "shifted")
+FORMULATION_NAMES = ("xla", "shifted")
 # Batch chunks per backend: the shifted kernel gradient runs over chunks of the batch whose inputs
 # + cotangents stay under this many bytes (about the L3 cache, so each is read from memory once).
 # None: the whole batch at once (accelerators, where a serial loop of small kernels costs more).
@@ -68,8 +68,9 @@ CHUNK_BYTES = {"cpu": 4 << 20}
 @contextlib.contextmanager
 def formulation(name: str) -> Iterator[None]:
   """Use depthwise formulation ``name`` ('xla' or 'shifted') for code traced in this block."""
-  if name not in _CHOICES:
-    raise ValueError(f"unknown depthwise formulation {name!r}; choose from {_CHOICES}")
+  if name not in FORMULATION_NAMES:
+    raise ValueError(f"unknown depthwise formulation {name!r}; choose from "
+                     f"{FORMULATION_NAMES}")
   _OVERRIDE.append(name)
   try:
     yield
@@ -88,8 +89,8 @@ def active_formulation(operation: str = "forward") -> str:
     return _OVERRIDE[-1]
   env = os.environ.get("TRADY_JAX_DEPTHWISE", "")
   if env:
-    if env not in _CHOICES:
-      raise ValueError(f"TRADY_JAX_DEPTHWISE={env!r}: choose from {_CHOICES}")
+    if env not in FORMULATION_NAMES:
+      raise ValueError(f"TRADY_JAX_DEPTHWISE={env!r}: choose from {FORMULATION_NAMES}")
     return env
   return FORMULATIONS.get(jax.default_backend(), {}).get(operation, DEFAULT)
 
@@ -160,7 +161,8 @@ def _chunk(n: int, bytes_per_example: int) -> int:
 
 
 def _tap_sums(x, g, kernel_hw, strides, padding):
-  """``(kh*kw, W_out, C)``: per tap, the products summed over batch and rows (one variadic reduce)."""
+  """``(kh*kw, W_out, C)``: per tap, the products summed over batch and rows (one variadic
+  reduce, so ``g`` is read once for all taps)."""
   prods = tuple(tap * g for _, _, tap in _taps(x, kernel_hw, strides, padding, g.shape[1:3]))
   zeros = tuple(jnp.zeros((), g.dtype) for _ in prods)
   sums = lax.reduce(prods, zeros, lambda u, v: tuple(p + q for p, q in zip(u, v)), (0, 1))
