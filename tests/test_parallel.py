@@ -54,6 +54,19 @@ SCRIPT = textwrap.dedent(r"""
                                                     parallel.shard_batch(batches[0], mesh))
     out[f"prefix{n}"] = [(np.asarray(a) - np.asarray(b)).ravel().tolist()
                          for a, b in zip(jax.tree.leaves(q), jax.tree.leaves(q0))]
+  # BatchNorm in train mode: statistics over the global batch, the same as on one device.
+  bn_model = TinyCNN(num_classes=4, width=8, bn="train")
+  v0 = bn_model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
+  sgd = optax.sgd(0.1)
+  step3 = steps.make_train_step(bn_model, sgd)
+  for n in (1, 4):
+    mesh = parallel.mesh(jax.devices()[:n])
+    rep = lambda t: parallel.replicate(t, mesh)
+    r, _, m3 = parallel.jit_train_step(step3, mesh, batch_stats=True)(
+        rep(v0["params"]), rep(sgd.init(v0["params"])), None,
+        parallel.shard_batch(batches[0], mesh), rep(v0["batch_stats"]))
+    out[f"bn{n}"] = [np.asarray(x).ravel().tolist()
+                     for x in jax.tree.leaves((r, m3["batch_stats"]))]
   print("RESULT " + json.dumps(out))
 """)
 
@@ -77,3 +90,5 @@ def test_four_devices_match_one_device():
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
     moved += int(np.any(np.asarray(a) != 0))
   assert moved > 1
+  for a, b in zip(out["bn1"], out["bn4"]):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)

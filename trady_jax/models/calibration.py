@@ -105,8 +105,10 @@ def restore_bn(module: nn.Module, params: PyTree, images: Iterable[np.ndarray], 
     kernel, b_f = np.asarray(folded["kernel"], np.float64), np.asarray(folded["bias"], np.float64)
     z_mean, v = stats[path]
     mu = z_mean - b_f  # mean of conv(x; W_f), the conv without its bias
-    live = v > 1e-10  # a dead (constant) channel keeps its kernel
-    s = np.where(live, 1.0 / np.sqrt(np.where(live, v, 1.0)), 1.0) if unit_variance else 1.0 + 0 * v
+    s = np.ones_like(v)
+    if unit_variance:
+      live = v > 1e-10  # a dead (constant) channel keeps its kernel
+      s = np.where(live, 1.0 / np.sqrt(np.where(live, v, 1.0)), 1.0)
     rvar = s * s * v
     node[name] = {"kernel": (kernel * s).astype(np.float32),
                   "bn": {"scale": (np.sqrt(rvar + eps) / s).astype(np.float32),
