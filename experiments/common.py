@@ -214,6 +214,12 @@ def make_run(cfg, workdir):
   if strategy.needs_ranking and doc is None:
     raise ConfigError(f"strategy {cfg.strategy!r} needs a layer ranking for {cfg.arch}: run "
                       f"`python experiments/rank_layers.py --arch {cfg.arch}` and pass --ranking")
+  stale = [] if doc is None else ranking.stale(
+      doc, ranking.network_key(net.weights, cfg.bn, net.random_init_layers))
+  if stale:
+    print(f"NOTE: the layer ranking was computed on another network (differs in {stale}); "
+          f"`python experiments/rank_layers.py --arch {cfg.arch} --bn {cfg.bn}` ranks this one",
+          flush=True)
   counts = None
   if strategy.rule == "scheme":
     counts = schemes.scheme_counts(cfg.arch, cfg.su_scheme, costs)
@@ -236,5 +242,5 @@ def make_run(cfg, workdir):
                   batch_stats=net.batch_stats)
   run.info = {"pretrained": pretrained, "data": where, "train_images": len(train_src),
               "test_images": len(test_src), "bn": cfg.bn, "weights_file": net.weights,
-              "random_init_layers": list(net.random_init_layers)}
+              "random_init_layers": list(net.random_init_layers), "ranking_stale": stale}
   return run

@@ -5,7 +5,8 @@
 Accumulates, over the steps, every conv layer's per-channel gradient norms (Eq. 6) and layer
 gradient norms, and writes layer RGN (Eq. 8) and LaRa (Eq. 9) to a JSON that runs reuse
 (``--ranking``; the default output is the ranking shipped in ``trady_jax/rankings``). The papers
-rank on CIFAR-10.
+rank on CIFAR-10. The ranking is taken on the network a run trains (``--bn``, BN restored in
+int8 weights, no layer the weights lack) and records which weights and BN mode it came from.
 """
 
 from __future__ import annotations
@@ -32,9 +33,12 @@ def main(argv=None):
   cfg = config.from_args(args)
   from trady_jax import data
   train_src, _, num_classes, where = common.open_data(cfg)
-  model, params, pretrained = common.load_model(cfg.arch, num_classes, pretrained=cfg.pretrained,
-                                                weights_dir=cfg.weights_dir, seed=cfg.seed,
-                                                image_size=cfg.image_size)
+  net, pretrained = common.load_network(
+      cfg.arch, num_classes, bn=cfg.bn, calibration=common.calibration_batches(cfg, train_src),
+      pretrained=cfg.pretrained, weights_dir=cfg.weights_dir, seed=cfg.seed,
+      image_size=cfg.image_size)
+  model, params = net.module, net.params
+  bn_state = () if net.batch_stats is None else (net.batch_stats,)
   c = costs_lib.trace(model, (1, cfg.image_size, cfg.image_size, 3))
   paths = [l.path for l in c.convs]
   schedule = optax.warmup_cosine_decay_schedule(0.0, cfg.lr, max(args.steps // 10, 1),
@@ -52,12 +56,14 @@ def main(argv=None):
   bar = tqdm(zip(range(args.steps), stream()), total=args.steps, desc=f"ranking {cfg.arch}",
               disable=not cfg.progress)
   for _, batch in bar:
-    params, opt_state, m = step(params, opt_state, None, batch)
+    params, opt_state, m = step(params, opt_state, None, batch, *bn_state)
+    bn_state = (m.pop("batch_stats"),) if bn_state else ()
     state = ranking.accumulate_norms(state, m["channel_norms"])
     bar.set_postfix(loss=f"{float(m['loss']):.3f}")
   out = Path(args.out) if args.out else rankings.default_path(cfg.arch)
   ranking.save(out, state, c, arch=cfg.arch, steps=args.steps, data=where,
-               pretrained=pretrained, batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.seed)
+               pretrained=pretrained, batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.seed,
+               **ranking.network_key(net.weights, cfg.bn, net.random_init_layers))
   lr_ = ranking.layer_rgn(state["channel"], c)
   top = ranking.top_k_share(lr_, 0.97)
   print(f"wrote {out}: {len(top)} of {len(paths)} layers hold 97 % of the layer RGN")

@@ -1,6 +1,7 @@
 """Selection pytree, layers, costs, sparse_update and samplers on a tiny CNN."""
 
 import collections
+import dataclasses
 
 import jax
 import jax.numpy as jnp
@@ -288,3 +289,22 @@ def test_ranking_norms_rules_and_files(tiny, tmp_path):
   (tmp_path / "bad.json").write_text("{")
   with pytest.raises(ValueError, match="not a trady_jax ranking"):
     ranking.load(tmp_path / "bad.json")
+
+
+def test_ranking_of_a_larger_network_and_its_key(tiny, tmp_path):
+  """A ranking of the papers' architecture keeps the layers the built network has; its meta
+  says which weights and BN mode it came from."""
+  model, params, c = tiny
+  state = ranking.init(c)
+  key = ranking.network_key("/w/mbv2-w0.35.npz", "train")
+  ranking.save(tmp_path / "r.json", state, c, arch="tiny", **key)
+  smaller = costs_lib.NetworkCosts(tuple(l for l in c.layers
+                                         if "blocks_1_pointwise2" not in l.path))
+  doc = ranking.load(tmp_path / "r.json", smaller)
+  assert doc["dropped"] == ["blocks_1_pointwise2/kernel"]
+  assert set(doc["layer_rgn"]) == {l.path for l in smaller.convs}
+  assert ranking.stale(doc, key) == []
+  assert ranking.stale(doc, ranking.network_key("/w/mbv2-w0.35.npz", "folded")) == ["bn"]
+  extra = dataclasses.replace(c.convs[0], path="extra/kernel")
+  with pytest.raises(ValueError, match="do not match"):
+    ranking.load(tmp_path / "r.json", costs_lib.NetworkCosts(c.layers + (extra,)))

@@ -117,6 +117,20 @@ def save(path: str | Path, state: Mapping, costs: NetworkCosts, **meta) -> None:
   Path(path).write_text(json.dumps(doc, indent=1))
 
 
+def network_key(weights: str, bn: str, random_init_layers=()) -> dict:
+  """What a ranking was computed on, for its ``meta``: the weights file (its name), the BN mode
+  and the layers not from those weights; ``stale`` compares it with a run's network."""
+  return {"weights": Path(weights).name if weights else "", "bn": bn,
+          "random_init_layers": list(random_init_layers)}
+
+
+def stale(doc: Mapping, key: Mapping) -> list[str]:
+  """The fields of ``network_key`` in which the ranking's network differs from ``key``'s
+  (a ranking written before the key was recorded differs in all of them)."""
+  meta = doc.get("meta", {})
+  return [k for k, v in key.items() if meta.get(k) != v]
+
+
 def load(path: str | Path, costs: NetworkCosts | None = None) -> dict:
   """Read a ranking written by ``save``; with ``costs``, check it names every conv of the model.
 

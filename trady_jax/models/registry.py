@@ -344,6 +344,7 @@ def load_network(name: str, num_classes: int = 1000, *, bn: str = "folded",
                                                        unit_variance=unit_variance)
     if not imagenet_head:
       params, _ = calibration_lib.standardize_head_input(module, params)
+    params = jax.tree.map(jnp.asarray, params)
   if stats is not None:
     stats = weights.merge_params(init_batch_stats(module), stats)
   return Network(module, params, stats, fresh, str(found.files[-1]))
