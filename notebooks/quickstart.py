@@ -83,7 +83,7 @@ try:
                                         weights_dir=os.environ.get("TRADY_JAX_WEIGHTS") or None)
   MODEL_NAME = "mbv2-w0.35"
   print("pretrained mbv2-w0.35 from", registry.find_weights("mbv2-w0.35").files[-1].parent,
-        "(feature-mix conv and classifier freshly initialised)")
+        "(built without the feature-mix conv the int8 weights lack; fresh classifier)")
 except FileNotFoundError as err:
   print(f"no pretrained weights found ({str(err).splitlines()[0][:120]}...)")
   print("using TinyCNN with random weights instead")
