@@ -63,6 +63,7 @@ FORMULATIONS = {
 }
 DEFAULT = "xla"  # backends not measured: XLA's own convolution
 _OVERRIDE: list[str] = []
+_UNCHUNKED: list[bool] = []
 FORMULATION_NAMES = ("xla", "shifted")
 # Batch chunks per backend: the shifted kernel gradient runs over chunks of the batch whose inputs
 # + cotangents stay under this many bytes (about the L3 cache, so each is read from memory once).
@@ -81,6 +82,20 @@ def formulation(name: str) -> Iterator[None]:
     yield
   finally:
     _OVERRIDE.pop()
+
+
+@contextlib.contextmanager
+def unchunked() -> Iterator[None]:
+  """Trace the shifted kernel gradient over the whole batch at once within this block.
+
+  The same arithmetic without the ``lax.scan`` over batch chunks: XLA's ``cost_analysis`` counts
+  a loop body once, so FLOP counts are read from code traced here (``bench_step.py``).
+  """
+  _UNCHUNKED.append(True)
+  try:
+    yield
+  finally:
+    _UNCHUNKED.pop()
 
 
 def active_formulation(operation: str = "forward") -> str:
@@ -156,7 +171,7 @@ def input_grad(g: jax.Array, kernel: jax.Array, x_shape: Sequence[int], strides:
 def _chunk(n: int, bytes_per_example: int) -> int:
   """The largest divisor of ``n`` whose examples fit in the backend's chunk bytes (at least 1)."""
   limit = CHUNK_BYTES.get(jax.default_backend())
-  if limit is None:
+  if limit is None or _UNCHUNKED:
     return n
   best = 1
   for d in range(1, n + 1):
