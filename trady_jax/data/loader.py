@@ -11,23 +11,23 @@ transforms the rows are uint8 and the worker that completes a batch normalises i
 operation (no per-image float arrays, no stacking).
 
 Why threads and not ``grain`` (``experiments/bench_loader.py --grain``, 2-core CPU shared with other
-jobs, batch 32, train transforms, 2 workers; images/s, range of the medians of three runs; grain
+jobs, batch 32, train transforms, 2 workers; images/s, range of the medians of five runs; grain
 0.2.18 fed the same uint8 rows and per-batch normalisation):
 
   ==================  ======================  ====================  ==================
   pipeline            offline CIFAR-10 32 px  500x375 JPEG folder   first batch
   ==================  ======================  ====================  ==================
-  this loader         720 - 800               250 - 380             0.06 - 0.15 s
-  grain, threads      650 - 810               335 - 400             0.07 - 0.22 s
-  grain, processes    605 - 1055              315 - 375             2.4 - 3.9 s
+  this loader         720 - 1220              250 - 480             0.04 - 0.15 s
+  grain, threads      650 - 1280              210 - 750             0.05 - 0.25 s
+  grain, processes    605 - 1745              295 - 765             1.1 - 3.9 s
   ==================  ======================  ====================  ==================
 
 All three give the same batches for ``(seed, epoch)`` and resume exactly (grain from its iterator
-state, this loader from ``start_step``). Grain's threads bring nothing; its process workers gain at
-most 1.4x on tiny images and nothing on large ones, start seconds late every epoch and share the
-cores of the train step, which is 4-14x slower than this loader anyway (55-60 img/s for mbv2-w0.35
-TraDy at 128 px; a run with this loader reaches 0.92-1.01x the step alone). So the loader stays a
-thread pool, with no dependency.
+state, this loader from ``start_step``). Run to run, the three swap places within the noise of the
+shared machine; process workers start seconds late every epoch and share the cores of the train
+step, which is 5-18x slower than this loader anyway (55-95 img/s for mbv2-w0.35 TraDy at 128 px; a
+run with this loader reached 0.84-1.01x the step alone, median 0.93). So the loader stays a thread
+pool, with no dependency.
 """
 
 from __future__ import annotations
