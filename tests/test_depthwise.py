@@ -125,3 +125,15 @@ def test_bad_formulation_names_are_refused(monkeypatch):
     depthwise.active_formulation()
   monkeypatch.setenv("TRADY_JAX_DEPTHWISE", "xla")
   assert depthwise.active_formulation() == "xla"
+
+
+def test_forward_without_backward_has_its_own_formulation(monkeypatch):
+  x, kernel, strides, padding, ref, _ = _case(0)
+  table = {"forward": "xla", "frozen_forward": "shifted"}
+  monkeypatch.setitem(depthwise.FORMULATIONS, jax.default_backend(), table)
+  f = lambda x: depthwise.conv(x, kernel, strides, padding)
+  assert "feature_group_count" in jax.jit(f).lower(x).as_text()
+  with depthwise.no_backward():
+    g = lambda x: depthwise.conv(x, kernel, strides, padding)  # jit caches by function
+    assert "feature_group_count" not in jax.jit(g).lower(x).as_text()
+    np.testing.assert_allclose(jax.jit(g)(x), ref, rtol=1e-5, atol=1e-5)

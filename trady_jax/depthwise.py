@@ -48,22 +48,28 @@ Padding = tuple[tuple[int, int], ...]
 
 # Backend -> operation -> formulation, as measured on each (``experiments/profile_layers.py
 # --depthwise`` times both per operation; ``bench_step.py`` the whole step). On CPU the shifted
-# forms run 10-100x faster forward and input gradient, 3-20x faster kernel gradient. The kernel
-# gradient of a few *selected* channels stays XLA's there: it is small either way, and in the
-# selective step the shifted one's padded copies raise the peak temp memory. On an H100 (CUDA)
-# the two are within 25 % per operation (mbv2-w0.35, batch 32: forward 1.9 vs 2.3 ms, input
-# gradient 2.1 vs 2.4 ms summed over 17 layers, shifted first; kernel gradient 3.1 vs 2.4 ms), and
-# the shifted forward lowers the full step's temp memory (148 vs 216 MiB).
-OPERATIONS = ("forward", "input_grad", "weight_grad", "selected_weight_grad")
+# forms run 10-100x faster forward and input gradient, 3-20x faster kernel gradient. But the
+# shifted forward makes a zero-padded copy of its input, and inside a training step XLA keeps it
+# beside the input on the gradient path (mbv2-w0.35, batch 32, budget 27,946: selective step temp
+# 14.7 instead of 10.3 MiB). So on CPU it runs only where no backward follows ("frozen_forward":
+# the chunked frozen prefix and evaluation, where the copy is one chunk's and transient); layers on
+# the gradient path keep XLA's forward, and the memory the papers' budget is about stays as it
+# was. The kernel gradient of a few *selected* channels stays XLA's too: small either way, and
+# the shifted one's padded copies raise the peak. On an H100 (CUDA) the two are within 25 % per
+# operation (mbv2-w0.35, batch 32, summed over 17 layers, shifted vs XLA: forward 1.9 vs 2.3 ms,
+# input gradient 2.1 vs 2.4 ms, kernel gradient 3.1 vs 2.4 ms), and the shifted forward lowers
+# the full step's temp memory there (148 vs 216 MiB).
+OPERATIONS = ("forward", "frozen_forward", "input_grad", "weight_grad", "selected_weight_grad")
 FORMULATIONS = {
-    "cpu": {"forward": "shifted", "input_grad": "shifted", "weight_grad": "shifted",
-            "selected_weight_grad": "xla"},
-    "gpu": {"forward": "shifted", "input_grad": "shifted", "weight_grad": "xla",
-            "selected_weight_grad": "xla"},
+    "cpu": {"forward": "xla", "frozen_forward": "shifted", "input_grad": "shifted",
+            "weight_grad": "shifted", "selected_weight_grad": "xla"},
+    "gpu": {"forward": "shifted", "frozen_forward": "shifted", "input_grad": "shifted",
+            "weight_grad": "xla", "selected_weight_grad": "xla"},
 }
 DEFAULT = "xla"  # backends not measured: XLA's own convolution
 _OVERRIDE: list[str] = []
 _UNCHUNKED: list[bool] = []
+_NO_BACKWARD: list[bool] = []
 FORMULATION_NAMES = ("xla", "shifted")
 # Batch chunks per backend: the shifted kernel gradient runs over chunks of the batch whose inputs
 # + cotangents stay under this many bytes (about the L3 cache, so each is read from memory once).
@@ -96,6 +102,17 @@ def unchunked() -> Iterator[None]:
     yield
   finally:
     _UNCHUNKED.pop()
+
+
+@contextlib.contextmanager
+def no_backward() -> Iterator[None]:
+  """Forward passes traced in this block keep nothing for a backward pass (the chunked frozen
+  prefix, evaluation): their convolutions use the ``frozen_forward`` formulation."""
+  _NO_BACKWARD.append(True)
+  try:
+    yield
+  finally:
+    _NO_BACKWARD.pop()
 
 
 def active_formulation(operation: str = "forward") -> str:
@@ -228,7 +245,7 @@ def conv(x: jax.Array, kernel: jax.Array, strides: tuple[int, int], padding: Pad
   Its VJP keeps ``x`` and the kernel (as autodiff of ``lax.conv_general_dilated`` does) and
   computes both gradients with ``input_grad`` and ``weight_grad``.
   """
-  if active_formulation("forward") == "xla":
+  if active_formulation("frozen_forward" if _NO_BACKWARD else "forward") == "xla":
     return _xla_conv(x, kernel, strides, padding)
   return shifted_conv(x, kernel, strides, padding)
 

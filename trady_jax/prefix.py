@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from trady_jax import depthwise
 from trady_jax import selection as sel
 
 PyTree = Any
@@ -84,8 +85,13 @@ def apply_stages(model: nn.Module, variables: PyTree, x: jax.Array, stop: int | 
   every chunk, so each device loops over its own examples.
   """
   variables, x = jax.lax.stop_gradient((variables, x))
-  run = (lambda c: model.apply(variables, c)) if stop is None else (
+  apply = (lambda c: model.apply(variables, c)) if stop is None else (
       lambda c: model.apply(variables, c, stop=stop))
+
+  def run(c):
+    with depthwise.no_backward():  # nothing here is differentiated
+      return apply(c)
+
   b, n = x.shape[0], chunk_count(x.shape[0], chunks)
   if n == 1:
     return run(x)
