@@ -220,9 +220,10 @@ def make_run(cfg, workdir):
     print(f"NOTE: the layer ranking was computed on another network (differs in {stale}); "
           f"`python experiments/rank_layers.py --arch {cfg.arch} --bn {cfg.bn}` ranks this one",
           flush=True)
-  counts = None
+  counts, biases = None, ()
   if strategy.rule == "scheme":
     counts = schemes.scheme_counts(cfg.arch, cfg.su_scheme, costs)
+    biases = schemes.bias_paths(cfg.arch, cfg.su_scheme, costs)
     check_scheme_budget(cfg, costs.usage(counts)["units"])
   print(f"{cfg.arch} ({'pretrained' if pretrained else 'random init'}), {len(train_src)} train / "
         f"{len(test_src)} test images from {where}, strategy {cfg.strategy}, "
@@ -239,7 +240,7 @@ def make_run(cfg, workdir):
 
   run = train.Run(cfg, workdir, model=model, params=params, train_source=train_src,
                   test_source=test_src, batches=batches, ranking_doc=doc, scheme_counts=counts,
-                  batch_stats=net.batch_stats)
+                  batch_stats=net.batch_stats, scheme_biases=biases)
   run.info = {"pretrained": pretrained, "data": where, "train_images": len(train_src),
               "test_images": len(test_src), "bn": cfg.bn, "weights_file": net.weights,
               "random_init_layers": list(net.random_init_layers), "ranking_stale": stale}

@@ -1,13 +1,21 @@
-"""Fixed per-layer counts vs the papers' fill rule: compilations, budget fill, inclusion rates.
+"""The papers' cross-layer allocation, padded (the default) vs fixed counts vs exact shapes.
 
-    python experiments/compare_allocation.py --arch mbv2-w0.35 --budget 27946 --epochs 10
+    python experiments/compare_allocation.py --arch mbv2-w0.35 --budget 27946 --strategy medyate \
+        --epochs 8 --json
 
-For TraDy's uniform sampling over the top-K layers, compares
-* ``fixed``: per-layer counts fixed for the run (the default; static shapes);
-* ``paper``: the papers' rule, channels in random order until the budget overflows (variable).
-It reports the train-step compilations each needs over ``--epochs`` epochs (measured with a jitted
-train step), the compile time, the mean budget fill, and how far each layer's per-channel
-inclusion rate under the papers' rule (Monte Carlo) is from the fixed rule's ``k_l / n_l``.
+For a strategy's candidate layers and channel scores (MeDyate / Prob Raw / Det: the shipped
+ranking's channel norms as the stored norms ``N``; TraDy: uniform), every epoch draws one
+selection per allocation (``samplers.ALLOCATIONS``) from the same key, through
+``strategies.Selector`` as a run does, and reports
+
+* ``allocation_tv_distance``: mean over epochs of the total-variation distance between the
+  per-layer budget shares (``k_l m_l / sum k m``) of the default allocation and the papers' rule
+  (``'exact'``); ``fixed_tv_distance``: the same for fixed per-layer counts;
+* ``compilations``: train-step compilations of the default allocation over the epochs (one jitted
+  step on a dummy batch, ``--steps`` steps per epoch), the compile seconds, and their share of
+  this script's steps and of a run of ``--steps-per-epoch`` steps per epoch;
+* the memory of the padded slots: units (``sum_l (capacity_l - k_l) m_l``, per sample, as the
+  budget) and the XLA temp bytes of the last epoch's padded step minus its exact-shape step.
 """
 
 from __future__ import annotations
@@ -23,16 +31,31 @@ import numpy as np
 import optax
 
 from trady_jax import costs as costs_lib
-from trady_jax import ranking, samplers, sparse_update, steps
+from trady_jax import samplers, sparse_update, steps, strategies
 from trady_jax import selection as sel
+
+
+def shares(counts, net) -> dict[str, float]:
+  """Per-layer share of the budget a selection uses."""
+  units = {p: k * net[p].memory for p, k in counts.items() if k}
+  total = sum(units.values()) or 1
+  return {p: u / total for p, u in units.items()}
+
+
+def tv_distance(a: dict, b: dict) -> float:
+  """Total-variation distance between two per-layer share vectors."""
+  return 0.5 * sum(abs(a.get(p, 0.0) - b.get(p, 0.0)) for p in set(a) | set(b))
 
 
 def main(argv=None):
   ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
   ap.add_argument("--arch", default="mbv2-w0.35")
   ap.add_argument("--budget", type=int, default=27946)
-  ap.add_argument("--epochs", type=int, default=10, help="epochs whose steps are compiled")
-  ap.add_argument("--draws", type=int, default=500, help="Monte Carlo draws for inclusion rates")
+  ap.add_argument("--strategy", default="medyate", help="a name from strategies.REGISTRY")
+  ap.add_argument("--epochs", type=int, default=8)
+  ap.add_argument("--steps", type=int, default=2, help="timed train steps per epoch")
+  ap.add_argument("--steps-per-epoch", type=int, default=1562,
+                  help="steps per epoch of the projected run (CIFAR-10 at batch 32)")
   ap.add_argument("--batch", type=int, default=8)
   ap.add_argument("--image-size", type=int, default=128)
   ap.add_argument("--json", action="store_true")
@@ -41,47 +64,69 @@ def main(argv=None):
   size = args.image_size
   net = costs_lib.trace(model, (1, size, size, 3))
   doc = common.load_ranking(args.arch, "", net)
-  pool = ranking.top_k_share(doc["layer_rgn"], 0.97) if doc else [l.path for l in net.convs]
-  fixed = samplers.uniform(params, net, args.budget, pool)
-  paper = samplers.uniform(params, net, args.budget, pool, fixed_counts=False)
+  strategy = strategies.get(args.strategy)
+  if strategy.rule in ("full", "scheme"):
+    raise SystemExit(f"{strategy.name} has no sampler")
+  norms = {p: np.asarray(v, np.float32) for p, v in doc["channel"].items()}
+  selectors = {a: strategies.Selector(strategy, params, net, args.budget, ranking_doc=doc,
+                                      allocation=a, oracle=lambda p: norms)
+               for a in samplers.ALLOCATIONS}
+  state = {}
+  if strategy.rule == "medyate":  # the stored norms N: the ranking's channel norms
+    state = {"norms": jnp.maximum(samplers.pool_vector(selectors["padded"].sampler, norms),
+                                  jnp.finfo(jnp.float32).tiny)}
 
   tx = optax.chain(sparse_update(), optax.sgd(0.01))
+  step = jax.jit(steps.make_train_step(model, tx))
   batch = {"image": jnp.zeros((args.batch, size, size, 3)),
            "label": jnp.zeros((args.batch,), jnp.int32)}
-  report = {"arch": args.arch, "budget": args.budget, "layers": len(pool), "epochs": args.epochs}
-  for name, s in (("fixed", fixed), ("paper", paper)):
-    step = jax.jit(steps.make_train_step(model, tx))
-    draw = jax.jit(s.sample) if s.jittable else s.sample
-    opt = tx.init(params)
-    t0, fills = time.time(), []
-    for e in range(args.epochs):
-      selection = draw(jax.random.fold_in(jax.random.key(0), e))
-      fills.append(net.usage(sel.counts(selection))["units"] / args.budget)
-      jax.block_until_ready(step(params, opt, selection, batch))
-    report[name] = {"compilations": step._cache_size(), "seconds": time.time() - t0,
-                    "mean_fill": float(np.mean(fills))}
-    print(f"{name:>5}: {step._cache_size()} compilations over {args.epochs} epochs, "
-          f"{time.time() - t0:.1f} s, mean budget fill {np.mean(fills):.4f}", flush=True)
+  opt = tx.init(params)
+  key = jax.random.key(0)
+  tv, tv_fixed, pad_units, compile_s, step_s = [], [], [], 0.0, []
+  t_run = time.time()
+  for e in range(args.epochs):
+    drawn = {a: s.select(key, e, params, state) for a, s in selectors.items()}
+    counts = {a: sel.counts(d) for a, d in drawn.items()}
+    tv.append(tv_distance(shares(counts["padded"], net), shares(counts["exact"], net)))
+    tv_fixed.append(tv_distance(shares(counts["fixed"], net), shares(counts["exact"], net)))
+    pad_units.append(selectors["padded"].sampler.padding_units(counts["padded"]))
+    for _ in range(args.steps):
+      before, t0 = step._cache_size(), time.time()
+      jax.block_until_ready(step(params, opt, drawn["padded"], batch))
+      dt = time.time() - t0
+      if step._cache_size() > before:
+        compile_s += dt
+      else:
+        step_s.append(dt)
+  run_s = time.time() - t_run
+  t_step = float(np.median(step_s)) if step_s else 0.0
+  compile_s -= (step._cache_size() * t_step)  # a compiling call also runs one step
+  projected = args.epochs * args.steps_per_epoch * t_step
 
-  hits = {l.path: np.zeros(l.in_channels) for l in paper.layers}
-  fills = []
-  for i in range(args.draws):
-    s = paper.sample(jax.random.key(10_000 + i))
-    fills.append(net.usage(sel.counts(s))["units"] / args.budget)
-    for p, idx in sel.as_numpy(s).items():
-      hits[p][idx] += 1
-  rate_paper = {p: h.mean() / args.draws for p, h in hits.items()}
-  rate_fixed = {l.path: fixed.counts[l.path] / l.in_channels for l in fixed.layers}
-  diff = {p: rate_paper[p] - rate_fixed[p] for p in rate_paper}
-  worst = max(diff, key=lambda p: abs(diff[p]))
-  report["inclusion"] = {"paper_mean": float(np.mean(list(rate_paper.values()))),
-                         "fixed_mean": float(np.mean(list(rate_fixed.values()))),
-                         "max_abs_diff": abs(diff[worst]), "worst_layer": worst,
-                         "paper_fill_mc": float(np.mean(fills))}
-  print(f"inclusion rate per channel: papers' rule {report['inclusion']['paper_mean']:.4f} "
-        f"(mean over layers), fixed {report['inclusion']['fixed_mean']:.4f}; largest layer gap "
-        f"{abs(diff[worst]):.4f} at {worst} (papers' {rate_paper[worst]:.4f} vs fixed "
-        f"{rate_fixed[worst]:.4f}); papers' fill {np.mean(fills):.4f} over {args.draws} draws")
+  def temp_bytes(selection):
+    return step.lower(params, opt, selection, batch).compile().memory_analysis().temp_size_in_bytes
+
+  pad_bytes = temp_bytes(drawn["padded"]) - temp_bytes(drawn["exact"])
+  report = {"arch": args.arch, "budget": args.budget, "strategy": strategy.name,
+            "layers": len(selectors["padded"].layers), "epochs": args.epochs,
+            "allocation_tv_distance": float(np.mean(tv)),
+            "fixed_tv_distance": float(np.mean(tv_fixed)),
+            "compilations": step._cache_size(),
+            "compile_s": round(compile_s, 2), "step_s": round(t_step, 4),
+            "compile_share": round(compile_s / max(run_s, 1e-9), 4),
+            "compile_share_projected": round(compile_s / (compile_s + projected), 6),
+            "padding_units_mean": float(np.mean(pad_units)),
+            "padding_share_of_budget": float(np.mean(pad_units)) / args.budget,
+            "padding_temp_bytes": int(pad_bytes),
+            "capacity": selectors["padded"].capacity}
+  print(f"{strategy.name} on {args.arch}, {args.budget:,} units, {report['layers']} layers, "
+        f"{args.epochs} epochs: TV distance to the papers' rule {report['allocation_tv_distance']:.4f} "
+        f"(fixed counts {report['fixed_tv_distance']:.4f}); {report['compilations']} "
+        f"compilations, {compile_s:.1f} s = {100 * report['compile_share']:.1f} % of these steps, "
+        f"{100 * report['compile_share_projected']:.3f} % of {args.epochs} x "
+        f"{args.steps_per_epoch} steps; padding {report['padding_units_mean']:,.0f} units "
+        f"({100 * report['padding_share_of_budget']:.1f} % of the budget), "
+        f"{pad_bytes / 2 ** 20:+.2f} MiB XLA temp at batch {args.batch}", flush=True)
   if args.json:
     print(json.dumps(report))
   return report

@@ -106,9 +106,9 @@ def measure(epoch, rng):
 # %% [markdown]
 # ## The samplers
 #
-# * **uniform, fixed counts** (TraDy, the package default): every channel has the same inclusion
+# * **uniform, fixed counts** (`allocation="fixed"`): every channel has the same inclusion
 #   probability and every draw has the same per-layer counts, so a jitted step compiles once;
-# * **uniform, fill rule** (`fixed_counts=False`, the papers' rule): channels in random order,
+# * **uniform, fill rule** (the papers' rule, the package default): channels in random order,
 #   added while the running total fits in the budget;
 # * **MeDyate weighted**: sampling without replacement proportional to the stored norms, with the
 #   fill rule, here with MeDyate's state after a few epochs;
@@ -127,9 +127,9 @@ def selected(sampler, sel):
                          for l in sampler.layers])
 
 
-uniform_fixed = samplers.uniform(params, net, BUDGET, pool)
-uniform_fill = samplers.uniform(params, net, BUDGET, pool, fixed_counts=False)
-medyate = samplers.weighted(params, net, BUDGET, pool, fixed_counts=False)
+uniform_fixed = samplers.uniform(params, net, BUDGET, pool, allocation="fixed")
+uniform_fill = samplers.uniform(params, net, BUDGET, pool, allocation="exact")
+medyate = samplers.weighted(params, net, BUDGET, pool, allocation="exact")
 det = samplers.deterministic(params, net, BUDGET, pool)
 
 # MeDyate's state after a few epochs: epoch 1 is uniform (all norms equal), then every epoch

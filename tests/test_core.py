@@ -156,10 +156,10 @@ def test_one_compilation_for_many_selections(tiny):
 
 
 @pytest.mark.parametrize("budget", [300, 1500, 7000, 20000])
-@pytest.mark.parametrize("fixed", [True, False])
-def test_uniform_sampler_never_exceeds_the_budget(tiny, budget, fixed):
+@pytest.mark.parametrize("allocation", ["fixed", "exact"])
+def test_uniform_sampler_never_exceeds_the_budget(tiny, budget, allocation):
   _, params, c = tiny
-  s = samplers.uniform(params, c, budget, fixed_counts=fixed)
+  s = samplers.uniform(params, c, budget, allocation=allocation)
   for e in range(5):
     u = c.usage(sel.counts(s.sample(jax.random.key(e))))
     assert u["units"] <= budget
@@ -175,7 +175,7 @@ def test_budget_below_cheapest_channel_is_a_clear_error(tiny):
 
 def test_uniform_inclusion_frequencies_match_theory(tiny):
   _, params, c = tiny
-  s = samplers.uniform(params, c, 5000)
+  s = samplers.uniform(params, c, 5000, allocation="fixed")
   draw = jax.jit(s.sample)
   n = 400
   hits = {l.path: np.zeros(l.in_channels) for l in c.convs}
@@ -196,7 +196,7 @@ def test_uniform_inclusion_frequencies_match_theory(tiny):
 
 def test_paper_fill_rule_is_uniform_within_layers_and_varies_counts(tiny):
   _, params, c = tiny
-  s = samplers.uniform(params, c, 5000, fixed_counts=False)
+  s = samplers.uniform(params, c, 5000, allocation="exact")
   n, signatures = 300, set()
   hits = {l.path: np.zeros(l.in_channels) for l in c.convs}
   for i in range(n):
@@ -243,7 +243,7 @@ def test_fixed_scheme_picks_largest_weight_norms(tiny):
 
 def test_medyate_state_gives_unseen_channels_the_max_norm(tiny):
   _, params, c = tiny
-  s = samplers.weighted(params, c, 3000)
+  s = samplers.weighted(params, c, 3000, allocation="fixed")
   state = samplers.medyate_init(s)
   first = s.sample(jax.random.key(0), state["norms"])
   picked = samplers.selected_vector(s, first)

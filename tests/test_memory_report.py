@@ -49,6 +49,10 @@ def test_su_schemes(arch_costs):
   paper = schemes.PAPER_BUDGETS[arch]
   assert paper[1:] == (SCHEME_UNITS[arch][2], SCHEME_UNITS[arch][4])
   assert paper[0] == SCHEME_UNITS[arch][0] - (336 if arch == "mbv2-w0.35" else 0)
+  # The tables' depthwise accounting (no k x k) reproduces all 15 values, 27,946 included.
+  table = schemes.table_units(arch, net)
+  assert (table[1], table[3], table[5]) == paper
+  assert [table[k] for k in (2, 4)] == [SCHEME_UNITS[arch][1], SCHEME_UNITS[arch][3]]
 
 
 def test_scheme_paths_and_errors(arch_costs):

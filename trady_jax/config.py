@@ -13,6 +13,8 @@ from typing import Any
 # Epochs per dataset in the papers (method-spec 10); the 5 warm-up epochs come on top.
 PAPER_EPOCHS = {"cifar10": 100, "cifar100": 50, "food101": 50, "vww": 50,
                 "cub200": 200, "pets": 200, "flowers102": 200}
+ALLOCATIONS = ("padded", "fixed", "exact")  # samplers.py
+MEDYATE_NORMS = ("last", "epoch", "sum")
 
 
 @dataclasses.dataclass
@@ -42,12 +44,22 @@ class Config:
   ranking: str = ""                 # ranking JSON from experiments/rank_layers.py; '' = shipped one
   topk_share: float = 0.97          # TraDy: keep the top layers holding this share of layer RGN
   alpha: float = 0.2                # MeDyate: smallest K with B_mem / M_K <= alpha
-  fixed_counts: bool = True         # per-layer channel counts fixed for the run (one compilation);
-                                    # False = the papers' variable fill rule (recompiles)
+  allocation: str = "padded"        # channels per layer: 'padded' (the papers' fill rule, budget
+                                    # moves across layers; index arrays padded to power-of-two
+                                    # capacities that only grow: a few compilations), 'fixed'
+                                    # (uniform counts per run, one compilation, no budget moves
+                                    # across layers) or 'exact' (papers' rule, exact shapes:
+                                    # recompiles per count vector); samplers.py
   prefix_chunks: int = 8            # run the frozen layers below the shallowest trained one
                                     # (and evaluation) in this many batch chunks: less memory,
                                     # same result; 1 = off
-  oracle_batches: int = 4           # batches of full gradient for Det RGN / Prob Raw selections
+  oracle_batches: int = 0           # Det RGN / Det Raw / Prob Raw's full gradient: 0 = the whole
+                                    # training split (an epoch's batches, the papers' complete
+                                    # gradient); n > 0 = an approximation from n batches
+  medyate_norm: str = "last"        # MeDyate's stored norm of a trained channel: 'last' (its
+                                    # gradient in the epoch's last step, PyTorch's .grad; Eq. 11),
+                                    # 'epoch' (norm of the gradient summed over the epoch) or
+                                    # 'sum' (sum of per-step norms); steps.py
   # --- optimisation (method-spec 10) ---
   epochs: int = 0                   # training epochs after warm-up; 0 = the papers' default for
                                     # the dataset (cifar10 100, cub200/pets/flowers102 200, else 50)
@@ -71,6 +83,10 @@ class Config:
     from trady_jax.strategies import REGISTRY  # noqa: PLC0415 (imports jax)
     if self.strategy.lower() not in REGISTRY:
       raise ConfigError(f"--strategy {self.strategy!r}: unknown; known: {', '.join(REGISTRY)}")
+    for name, known in (("allocation", ALLOCATIONS), ("medyate_norm", MEDYATE_NORMS)):
+      if getattr(self, name) not in known:
+        raise ConfigError(f"--{name.replace('_', '-')} {getattr(self, name)!r}: unknown; known: "
+                          f"{', '.join(known)}")
     from trady_jax.batchnorm import MODES  # noqa: PLC0415
     if self.bn not in MODES:
       raise ConfigError(f"--bn {self.bn!r}: unknown; known: {', '.join(MODES)}")
@@ -115,7 +131,7 @@ _RULES = (
     ("topk_share", _share, "in (0, 1]"),
     ("alpha", _share, "in (0, 1]"),
     ("prefix_chunks", _int(1), ">= 1 (1 = off)"),
-    ("oracle_batches", _int(1), ">= 1"),
+    ("oracle_batches", _int(0), ">= 0 (0 = the whole training split)"),
     ("epochs", _int(0), ">= 0 (0 = the papers' default for the dataset)"),
     ("warmup_epochs", _int(0), ">= 0"),
     ("lr", lambda v: isinstance(v, (int, float)) and math.isfinite(v) and v > 0,

@@ -16,6 +16,9 @@ and whose backward pass computes
 * the full input gradient ``dL/dx`` (it needs only the kernel), so deeper selected layers get theirs.
 
 Channel indices are ordinary array arguments with a static length: new values never recompile.
+An out-of-range index (``selection.PAD``) is an unused slot of a padded index array: its saved
+activation is zeros (``_gather``) and its weight gradient is dropped by the scatter, so the
+gradients of the other channels are those of the exact-length array.
 Static layer hyper-parameters (strides, padding, groups) are hashable ``nondiff_argnums``.
 
 ``relu6`` / ``relu`` keep a bit-packed mask (1 bit per element) for their backward instead of a
@@ -70,6 +73,11 @@ def _output_channels(idx: jax.Array, multiplier: int) -> jax.Array:
   return (idx[:, None] * multiplier + jnp.arange(multiplier, dtype=idx.dtype)).reshape(-1)
 
 
+def _gather(x: jax.Array, idx: jax.Array) -> jax.Array:
+  """``x[..., idx]``, zeros for out-of-range (``PAD``) slots."""
+  return jnp.take(x, idx, axis=-1, mode="fill", fill_value=0)
+
+
 def _check_groups(kernel_shape, groups):
   kind = conv_kind(kernel_shape, groups)
   if kind == "grouped":
@@ -103,7 +111,7 @@ def _selective_conv_fwd(x, kernel, idx, strides, padding, groups):
   _check_groups(kernel.shape, groups)
   y = conv2d(x, kernel, strides, padding, groups)
   # The memory contract: only the selected channels of the input are saved.
-  return y, (jnp.take(x, idx, axis=-1), kernel, idx)
+  return y, (_gather(x, idx), kernel, idx)
 
 
 def _selective_conv_bwd(strides, padding, groups, residuals, g):
@@ -123,14 +131,14 @@ def _selective_conv_bwd(strides, padding, groups, residuals, g):
     return dx, jnp.zeros_like(kernel), None
   if depthwise_kind:
     out_idx = _output_channels(idx, cout // c_in)
-    dw_sel = depthwise.weight_grad(x_sel, jnp.take(g, out_idx, axis=-1), (kh, kw), strides,
+    dw_sel = depthwise.weight_grad(x_sel, _gather(g, out_idx), (kh, kw), strides,
                                    padding, selected=True)
-    dw = jnp.zeros_like(kernel).at[:, :, :, out_idx].set(dw_sel)
+    dw = jnp.zeros_like(kernel).at[:, :, :, out_idx].set(dw_sel, mode="drop")
   else:
     w_aval = jax.ShapeDtypeStruct((kh, kw, k, cout), kernel.dtype)
     (dw_sel,) = jax.linear_transpose(
         lambda w: conv2d(x_sel, w, strides, padding, 1), w_aval)(g)
-    dw = jnp.zeros_like(kernel).at[:, :, idx, :].set(dw_sel)
+    dw = jnp.zeros_like(kernel).at[:, :, idx, :].set(dw_sel, mode="drop")
   return dx, dw, None
 
 
@@ -153,14 +161,14 @@ def selective_dense(x: jax.Array, kernel: jax.Array, idx: jax.Array) -> jax.Arra
 
 
 def _selective_dense_fwd(x, kernel, idx):
-  return x @ kernel, (jnp.take(x, idx, axis=-1), kernel, idx)
+  return x @ kernel, (_gather(x, idx), kernel, idx)
 
 
 def _selective_dense_bwd(residuals, g):
   x_sel, kernel, idx = residuals
   dx = g @ kernel.T
   dw_sel = jnp.einsum("...i,...o->io", x_sel, g)
-  return dx, jnp.zeros_like(kernel).at[idx].set(dw_sel.astype(kernel.dtype)), None
+  return dx, jnp.zeros_like(kernel).at[idx].set(dw_sel.astype(kernel.dtype), mode="drop"), None
 
 
 selective_dense.defvjp(_selective_dense_fwd, _selective_dense_bwd)

@@ -8,20 +8,32 @@ within the budget ``B_mem`` (units, ``sum (C^W_c + C^A_c)`` over selected channe
   replacement with probability proportional to ``w_c`` (MeDyate, with the stored norms);
 * ``deterministic``: the scores are the weights (S-/D-Det RGN, Det Raw: highest first).
 
-Two allocation rules decide how many channels each layer gets:
+How many channels each layer gets (``ALLOCATIONS``):
 
-* ``counts`` fixed for the run (the default): every sample has the same per-layer counts, so the
-  selection has static shapes and a jitted train step compiles once. The uniform counts give every
-  candidate channel the same inclusion probability ``p ~= B_mem / M_K`` (``uniform_counts``);
-* ``counts=None``, the papers' rule: go through channels by decreasing score and add them while
-  the running total stays within the budget (stop at the first overflow, as the predecessor code).
-  Per-layer counts then change from draw to draw; the selection is built on the host and a train
-  step recompiles once per distinct count vector.
+* ``'padded'`` (the default), the papers' rule: go through the pool's channels by decreasing score
+  and add them while the running total stays within the budget (stop at the first overflow, as the
+  predecessor code), so the scores move budget across layers (MeDyate's allocation). Per-layer
+  counts change from draw to draw; each layer's index array has a static ``capacity`` and its
+  unused slots hold ``selection.PAD``, which stores a zero activation and gets no update
+  (``ops``). Capacities are the ``FIT_QUANTILE`` of each layer's count over Monte Carlo draws
+  with the current scores (``Sampler.fit``); a draw that wants more than a capacity skips that
+  layer's further channels and fills the budget with the next ones (``capped_fill_rule``), and
+  when that would move more than ``OVERFLOW_TOLERANCE`` of the budget across layers the
+  capacities are refitted (``strategies.Selector``: one more compilation). Capacities never
+  shrink, so a run compiles a few times. Padding stores ``sum_l (capacity_l - k_l) m_l`` units
+  per sample beyond the selected channels' (``padding_units``; about half the budget on
+  mbv2-w0.35 at 27,946 units, ``experiments/compare_allocation.py``);
+* ``'fixed'``: per-layer counts fixed for the run (``uniform_counts``: every candidate channel has
+  the inclusion probability ``p ~= B_mem / M_K``); the scores only choose channels inside a layer.
+  Exact shapes, one compilation, but no budget moves between layers;
+* ``'exact'``: the papers' rule with exact-length index arrays, built on the host; a train step
+  recompiles once per distinct count vector.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import re
 from typing import Any, Mapping, Sequence
 
 import jax
@@ -29,11 +41,15 @@ import jax.numpy as jnp
 import numpy as np
 
 from trady_jax import selection as sel
-from trady_jax.config import ConfigError
+from trady_jax.config import ALLOCATIONS, ConfigError
 from trady_jax.costs import LayerCost, NetworkCosts
 
 PyTree = Any
 SCORINGS = ("uniform", "weighted", "deterministic")
+# Padded allocation: capacities cover this quantile of a layer's count over Monte Carlo draws;
+# a draw whose capped layers would move more than OVERFLOW_TOLERANCE of the budget refits them.
+FIT_QUANTILE = 0.9
+OVERFLOW_TOLERANCE = 0.03
 
 
 def check_budget(layers: Sequence[LayerCost], budget: int) -> None:
@@ -78,6 +94,25 @@ def fill_rule(scores: jax.Array, cost: jax.Array, budget: int) -> jax.Array:
   return jnp.zeros(scores.shape, bool).at[order].set(fits)
 
 
+def capped_fill_rule(scores: jax.Array, cost: jax.Array, layer: jax.Array, cap: jax.Array,
+                     budget: int) -> jax.Array:
+  """``fill_rule`` that skips the channels of a layer once it holds ``cap[layer]`` of them.
+
+  ``layer``: each channel's layer (0..L-1). The fill stops at the first channel, skipped or not,
+  that would overflow the budget, so with no full layer before that point it is ``fill_rule``;
+  otherwise the budget a full layer would have taken goes to the next channels in score order.
+  """
+  order = jnp.argsort(-scores, stable=True)
+  lay, c = layer[order], cost[order]
+  onehot = lay[:, None] == jnp.arange(cap.shape[0])
+  rank = jnp.take_along_axis(jnp.cumsum(onehot, 0), lay[:, None], 1)[:, 0] - 1
+  eligible = rank < cap[lay]
+  taken = jnp.where(eligible, c, 0)
+  before = jnp.cumsum(taken) - taken  # budget used by the eligible channels ahead
+  stopped = jnp.cumsum(before + c > budget) > 0
+  return jnp.zeros(scores.shape, bool).at[order].set(eligible & ~stopped)
+
+
 def _scores(key: jax.Array, scoring: str, weights: jax.Array | None, n: int) -> jax.Array:
   if scoring == "uniform":
     return jax.random.uniform(key, (n,))
@@ -100,6 +135,8 @@ class Sampler:
     scoring: ``'uniform'``, ``'weighted'`` or ``'deterministic'``.
     counts: fixed ``{path: k}`` per run (static shapes), or ``None`` for the papers' variable rule.
     trainable: regexes of leaves trained whole (the classifier, BatchNorm).
+    capacity: with ``counts=None``, ``{path: slots}`` of padded index arrays (the papers' rule,
+      jittable); ``None``: exact-length arrays built on the host.
   """
   template: PyTree
   layers: tuple[LayerCost, ...]
@@ -107,6 +144,7 @@ class Sampler:
   scoring: str = "uniform"
   counts: Mapping[str, int] | None = None
   trainable: tuple[str, ...] = sel.ALWAYS
+  capacity: Mapping[str, int] | None = None
 
   def __post_init__(self):
     # Keep only shapes: a sampler closed over by jit must not embed parameter values.
@@ -130,8 +168,58 @@ class Sampler:
 
   @property
   def jittable(self) -> bool:
-    """True when selections have static shapes (fixed counts)."""
-    return self.counts is not None
+    """True when selections have static shapes (fixed counts or padded capacities)."""
+    return self.counts is not None or self.capacity is not None
+
+  def fit(self, key: jax.Array, weights: jax.Array | None = None, *, draws: int = 256,
+          quantile: float | None = None) -> "Sampler":
+    """This sampler with capacities grown to the ``quantile`` of each layer's count over
+    ``draws`` draws of the papers' rule with these weights (default ``FIT_QUANTILE``)."""
+    quantile = FIT_QUANTILE if quantile is None else quantile
+    def wanted(k, w):
+      mask = fill_rule(_scores(k, self.scoring, w, self.num_channels), self._cost(), self.budget)
+      return jnp.stack([m.sum() for m in self.split(mask)])
+
+    counts = np.asarray(jax.jit(jax.vmap(wanted, (0, None)))(jax.random.split(key, draws),
+                                                              weights))
+    most = np.ceil(np.quantile(counts, quantile, axis=0, method="higher"))
+    return self.grow({l.path: int(k) for l, k in zip(self.layers, most)})
+
+  def overflow_units(self, wanted: Mapping[str, int]) -> int:
+    """Units the papers' rule wanted beyond the capacities (moved to other layers by the cap)."""
+    return sum(max(int(wanted.get(l.path, 0)) - self.capacity.get(l.path, 0), 0) * l.memory
+               for l in self.layers)
+
+  def _cost(self) -> jax.Array:
+    """Flat per-channel memory cost over the pool (units)."""
+    return jnp.concatenate([jnp.full((l.in_channels,), l.memory, jnp.float32)
+                            for l in self.layers])
+
+  def grow(self, wanted: Mapping[str, int]) -> "Sampler":
+    """This sampler with every capacity below ``wanted`` raised to it."""
+    cap = {l.path: max(self.capacity.get(l.path, 0), min(int(wanted.get(l.path, 0)), l.in_channels))
+           for l in self.layers}
+    return self if cap == self.capacity else dataclasses.replace(self, capacity=cap)
+
+  def padding_units(self, counts: Mapping[str, int]) -> int:
+    """Units stored by the padded slots of a selection with these valid ``counts``."""
+    if self.capacity is None:
+      return 0
+    return sum((self.capacity.get(l.path, 0) - counts.get(l.path, 0)) * l.memory
+               for l in self.layers if self.capacity.get(l.path, 0))
+
+  def padded(self, idx_by_path: Mapping[str, Any]) -> PyTree:
+    """The selection of these channels with this sampler's index shapes (resuming a run)."""
+    if self.capacity is None:
+      return self._build(idx_by_path)
+    out = {}
+    for l in self.layers:
+      cap, idx = self.capacity.get(l.path, 0), np.asarray(idx_by_path.get(l.path, ()), np.int32)
+      if len(idx) > cap:
+        raise ValueError(f"{l.path}: {len(idx)} channels exceed the capacity {cap}")
+      if cap:
+        out[l.path] = np.concatenate([idx, np.full(cap - len(idx), sel.PAD, np.int32)])
+    return self._build(out)
 
   def split(self, flat):
     """Split a flat per-channel vector over the pool (jax or numpy) into per-layer pieces."""
@@ -145,8 +233,15 @@ class Sampler:
   def sample(self, key: jax.Array, weights: jax.Array | None = None) -> PyTree:
     """A selection for this key; ``weights`` is a flat ``(num_channels,)`` vector over the pool.
 
-    Pure and jittable with fixed counts; with ``counts=None`` it runs on the host (variable shapes).
+    Pure and jittable with fixed counts or capacities; otherwise it runs on the host (variable
+    shapes). With capacities, a layer's channels beyond its capacity are cut: use ``draw``.
     """
+    return self.draw(key, weights)[0]
+
+  def draw(self, key: jax.Array, weights: jax.Array | None = None) -> tuple[PyTree, dict]:
+    """``(selection, {path: channels the papers' rule wants})``. With capacities the selection
+    follows ``capped_fill_rule``: a want above a capacity moved that budget to other layers
+    (``overflow_units``; the caller may ``fit`` and draw again)."""
     scores = _scores(key, self.scoring, weights, self.num_channels)
     if self.counts is not None:
       idx = {}
@@ -154,13 +249,21 @@ class Sampler:
         k = self.counts.get(l.path, 0)
         if k:
           idx[l.path] = jax.lax.top_k(s, k)[1].astype(jnp.int32)
-      return self._build(idx)
-    cost = jnp.concatenate([jnp.full((l.in_channels,), l.memory, jnp.float32)
-                            for l in self.layers])
+      return self._build(idx), {p: jnp.int32(k) for p, k in self.counts.items()}
+    cost = self._cost()
+    if self.capacity is not None:
+      cap = np.array([self.capacity.get(l.path, 0) for l in self.layers])
+      layer = np.repeat(np.arange(len(self.layers)), [l.in_channels for l in self.layers])
+      masks = self.split(capped_fill_rule(scores, cost, jnp.asarray(layer), jnp.asarray(cap),
+                                          self.budget))
+      idx = {l.path: jnp.nonzero(m, size=c, fill_value=sel.PAD)[0].astype(jnp.int32)
+             for l, m, c in zip(self.layers, masks, cap) if c}
+      wanted = self.split(fill_rule(scores, cost, self.budget))
+      return self._build(idx), {l.path: m.sum() for l, m in zip(self.layers, wanted)}
     mask = np.asarray(jax.jit(fill_rule, static_argnums=2)(scores, cost, self.budget))
     idx = {l.path: np.flatnonzero(m).astype(np.int32)
            for l, m in zip(self.layers, self.split(mask)) if m.any()}
-    return self._build(idx)
+    return self._build(idx), {p: len(i) for p, i in idx.items()}
 
 
 def _candidates(costs: NetworkCosts, paths: Sequence[str] | None) -> tuple[LayerCost, ...]:
@@ -168,43 +271,58 @@ def _candidates(costs: NetworkCosts, paths: Sequence[str] | None) -> tuple[Layer
   return tuple(costs[p] for p in paths) if paths is not None else costs.convs
 
 
-def uniform(template: PyTree, costs: NetworkCosts, budget: int,
-            paths: Sequence[str] | None = None, *, fixed_counts: bool = True, **kw) -> Sampler:
-  """Uniform sampling within ``paths`` (default: all conv layers): TraDy / Full Random."""
+def _sampler(template: PyTree, costs: NetworkCosts, budget: int, paths, scoring: str,
+             allocation: str, **kw) -> Sampler:
+  """A sampler over ``paths`` with one of ``ALLOCATIONS``; padded capacities start at the
+  uniform counts (``fit`` grows them to the scores at hand)."""
+  if allocation not in ALLOCATIONS:
+    raise ValueError(f"unknown allocation {allocation!r}; use one of {ALLOCATIONS}")
   layers = _candidates(costs, paths)
-  counts = uniform_counts(layers, budget) if fixed_counts else None
-  return Sampler(template, layers, budget, "uniform", counts, **kw)
+  counts = uniform_counts(layers, budget)
+  if allocation == "fixed":
+    return Sampler(template, layers, budget, scoring, counts, **kw)
+  return Sampler(template, layers, budget, scoring, None, capacity=
+                 dict(counts) if allocation == "padded" else None, **kw)
+
+
+def uniform(template: PyTree, costs: NetworkCosts, budget: int,
+            paths: Sequence[str] | None = None, *, allocation: str = "padded", **kw) -> Sampler:
+  """Uniform sampling within ``paths`` (default: all conv layers): TraDy / Full Random."""
+  return _sampler(template, costs, budget, paths, "uniform", allocation, **kw)
 
 
 def weighted(template: PyTree, costs: NetworkCosts, budget: int,
-             paths: Sequence[str] | None = None, *, fixed_counts: bool = True, **kw) -> Sampler:
-  """Sampling without replacement proportional to per-channel weights (MeDyate).
+             paths: Sequence[str] | None = None, *, allocation: str = "padded", **kw) -> Sampler:
+  """Sampling without replacement proportional to per-channel weights (MeDyate, Alg. 1).
 
-  With fixed counts, the per-layer counts are the uniform ones (MeDyate's epoch-1 allocation) and
-  the weights only decide which channels inside each layer; ``fixed_counts=False`` lets the weights
-  move channels across layers, as in the paper.
+  The papers' rule (``'padded'``, ``'exact'``) lets the weights move channels across layers;
+  with ``'fixed'`` the per-layer counts stay the uniform ones (MeDyate's epoch-1 allocation) and
+  the weights only decide which channels inside each layer.
   """
-  layers = _candidates(costs, paths)
-  counts = uniform_counts(layers, budget) if fixed_counts else None
-  return Sampler(template, layers, budget, "weighted", counts, **kw)
+  return _sampler(template, costs, budget, paths, "weighted", allocation, **kw)
 
 
 def deterministic(template: PyTree, costs: NetworkCosts, budget: int,
-                  paths: Sequence[str] | None = None, **kw) -> Sampler:
+                  paths: Sequence[str] | None = None, *, allocation: str = "padded",
+                  **kw) -> Sampler:
   """Highest weights first until the budget is met (S-/D-Det RGN with RGN weights, Det Raw)."""
-  layers = _candidates(costs, paths)
-  return Sampler(template, layers, budget, "deterministic", None, **kw)
+  return _sampler(template, costs, budget, paths, "deterministic", allocation, **kw)
 
 
 def fixed_scheme(template: PyTree, costs: NetworkCosts, counts: Mapping[str, int],
-                 params: PyTree, **kw) -> PyTree:
+                 params: PyTree, biases: Sequence[str] = (), **kw) -> PyTree:
   """A static selection of ``counts[path]`` channels per layer, largest weight L2 norm first.
 
   This is MIT Sparse Update's 'magnitude+' criterion; the scheme's own memory is its budget.
+  ``biases``: bias leaves trained whole (the scheme's ``n_bias_update``, ``schemes.bias_paths``),
+  uncharged as every bias in the papers' accounting; names the model lacks (BatchNorm models,
+  whose shifts are always trained) are ignored.
   """
   from trady_jax import ranking  # local: ranking imports costs only
   layers = tuple(costs[p] for p in counts if counts[p] > 0)
   budget = sum(counts[l.path] * l.memory for l in layers)
+  kw["trainable"] = tuple(kw.get("trainable", sel.ALWAYS)) + tuple(
+      f"^{re.escape(b)}$" for b in biases)
   s = Sampler(template, layers, budget, "deterministic", {l.path: counts[l.path] for l in layers},
               **kw)
   norms = jnp.concatenate([ranking.channel_norm(ranking._leaf(params, l.path), l)
@@ -244,7 +362,14 @@ def selected_vector(sampler: Sampler, selection: PyTree) -> jax.Array:
 def medyate_update(state: dict, measured: jax.Array, selected: jax.Array) -> dict:
   """Store the raw norms measured for the channels trained this epoch (MeDyate Alg. 1, step 2).
 
-  ``N_c <- measured_c`` for selected channels. After the first epoch, channels never seen get the
+  ``N_c <- measured_c`` for selected channels. What is measured (``Config.medyate_norm``): the
+  papers say "the gradient norm of channels selected at the previous epoch" and cost it at
+  ``|zeta_e| C' D^2`` (Eq. 11), one pass over one gradient tensor of the selected weights. The
+  default, ``'last'``, is the norm (Eq. 6) of the gradient of the epoch's last step, the tensor
+  PyTorch's ``.grad`` holds when the epoch ends: no extra memory, Eq. 11's cost. ``'epoch'``,
+  the norm of the gradient summed over the epoch, also costs one pass but needs an accumulator
+  as large as the selected weights, beyond the budget; ``'sum'``, per-step norms summed over the
+  epoch, costs Eq. 11 at every step (``M`` times more). After the first epoch, channels never seen get the
   maximum observed norm, so they are explored first; afterwards they keep that value until sampled.
   """
   norms = jnp.where(selected, measured, state["norms"])

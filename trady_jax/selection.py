@@ -9,7 +9,9 @@ A selection mirrors the parameter pytree leaf for leaf. Each leaf is one of
 
 ``FROZEN`` and ``ALL`` are childless pytree nodes, so they are part of the tree *structure*; the
 ``idx`` arrays are the only data. Two selections with the same structure and the same per-layer
-counts share one compiled train step. The same selection drives the backward pass (what the
+index lengths share one compiled train step. An index array may end in ``PAD`` slots (a static
+per-layer capacity holding a varying count, ``samplers``): a padded slot stores a zero activation
+and its gradient is dropped, so it trains nothing. The same selection drives the backward pass (what the
 layers store and compute) and the update (``sparse_update``): one source of truth.
 """
 
@@ -27,6 +29,9 @@ import optax
 PyTree = Any
 
 FROZEN = optax.MaskedNode()
+# Index of an unused slot of a padded index array: out of range for every layer, so gathers fill
+# zeros and scatters drop it (``ops``); small enough that ``PAD * multiplier`` fits in int32.
+PAD = 1 << 20
 # Leaves every strategy trains whole, uncharged: the classifier (method-spec 1.2) and BatchNorm's
 # scale and shift (the papers' PyTorch protocol trains them; ``batchnorm``).
 ALWAYS = ("classifier", r"/bn/(scale|bias)$")
@@ -44,7 +49,8 @@ class Channels:
   """Selected input channels of one kernel.
 
   Attributes:
-    idx: int32 ``(k,)`` distinct channel indices; ``k`` is static for a run.
+    idx: int32 ``(k,)`` distinct channel indices, possibly followed by ``PAD`` slots; ``k`` is
+      static for a compilation.
     axis: static axis of the kernel that indexes input channels: ``-2`` for HWIO conv kernels and
       ``(in, out)`` dense kernels, ``-1`` for depthwise kernels ``(kh, kw, 1, C * multiplier)``.
     multiplier: static depthwise channel multiplier (output channels per input channel).
@@ -56,7 +62,7 @@ class Channels:
   def mask(self, shape: Sequence[int]) -> jax.Array:
     """Boolean mask broadcastable to a kernel of ``shape``: True on the selected slices."""
     n = shape[self.axis] // self.multiplier
-    m = jnp.zeros((n,), bool).at[self.idx].set(True)
+    m = jnp.zeros((n,), bool).at[self.idx].set(True, mode="drop")  # PAD slots dropped
     if self.multiplier > 1:
       m = jnp.repeat(m, self.multiplier)
     view = [1] * len(shape)
@@ -124,16 +130,26 @@ def _check_channels(path: str, c: Channels, shape: Sequence[int]) -> None:
   if isinstance(c.idx, jax.core.Tracer):
     return
   n, idx = shape[c.axis] // c.multiplier, np.asarray(c.idx)
+  idx = idx[idx != PAD]
   if idx.size and (idx.min() < 0 or idx.max() >= n):
     raise ValueError(f"{path}: channel indices must lie in [0, {n}), got {idx.min()}..{idx.max()}")
   if len(np.unique(idx)) != idx.size:
     raise ValueError(f"{path}: channel indices must be distinct")
 
 
-def counts(selection: PyTree) -> dict[str, int]:
-  """``{path: k}`` for the channel-selected leaves: the signature that decides compilation."""
+def _channel_leaves(selection: PyTree) -> list[tuple[str, Channels]]:
   flat = jax.tree_util.tree_flatten_with_path(selection, is_leaf=is_marker)[0]
-  return {path_str(p): int(s.idx.shape[0]) for p, s in flat if isinstance(s, Channels)}
+  return [(path_str(p), s) for p, s in flat if isinstance(s, Channels)]
+
+
+def counts(selection: PyTree) -> dict[str, int]:
+  """``{path: k}``: the channels each channel-selected leaf trains (``PAD`` slots not counted)."""
+  return {p: int(np.sum(np.asarray(s.idx) != PAD)) for p, s in _channel_leaves(selection)}
+
+
+def capacities(selection: PyTree) -> dict[str, int]:
+  """``{path: len(idx)}``, padded slots included: the signature that decides compilation."""
+  return {p: int(s.idx.shape[0]) for p, s in _channel_leaves(selection)}
 
 
 def mask_tree(selection: PyTree, params: PyTree) -> PyTree:
@@ -148,10 +164,10 @@ def mask_tree(selection: PyTree, params: PyTree) -> PyTree:
 
 
 def as_numpy(selection: PyTree | None, *, sort: bool = True) -> dict[str, np.ndarray]:
-  """``{path: indices}`` on the host (sorted unless ``sort=False``, which keeps the draw order
-  for checkpoints), for logging and comparisons; ``{}`` for ``None`` (full fine-tuning)."""
+  """``{path: indices}`` on the host without ``PAD`` slots (sorted unless ``sort=False``, which
+  keeps the draw order for checkpoints), for logging and comparisons; ``{}`` for ``None``."""
   if selection is None:
     return {}
-  flat = jax.tree_util.tree_flatten_with_path(selection, is_leaf=is_marker)[0]
   order = np.sort if sort else np.asarray
-  return {path_str(p): order(np.asarray(s.idx)) for p, s in flat if isinstance(s, Channels)}
+  return {p: order(np.asarray(s.idx)[np.asarray(s.idx) != PAD])
+          for p, s in _channel_leaves(selection)}

@@ -23,6 +23,7 @@ def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
 def make_train_step(model: nn.Module, tx: optax.GradientTransformation, *,
                     costs: NetworkCosts | None = None,
                     norm_paths: Sequence[str] = (),
+                    norm_grads: bool = False,
                     loss_fn: Callable = cross_entropy,
                     prefix_chunks: int = 8) -> Callable:
   """``step(params, opt_state, selection, batch[, batch_stats]) -> (params, opt_state, metrics)``.
@@ -31,7 +32,8 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, *,
   model runs with the selection, so the backward pass stores and computes only what it selects,
   and ``tx`` (which should contain ``sparse_update``) receives it as an extra argument.
   ``norm_paths`` (with ``costs``): layers whose per-channel gradient norms (Eq. 6) are returned in
-  ``metrics['channel_norms']``, for rankings and MeDyate.
+  ``metrics['channel_norms']``, for rankings and MeDyate; with ``norm_grads`` their kernel
+  gradients instead, in ``metrics['kernel_grads']`` (summed over an epoch by the caller).
   ``prefix_chunks``: the stages below the shallowest trained layer run in this many batch chunks
   (``prefix.apply``; same result, a smaller forward working set); 1 turns it off.
   ``batch_stats``: the running statistics of a model with BatchNorm layers (``batchnorm``); the BN
@@ -61,7 +63,9 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, *,
     params = optax.apply_updates(params, updates)
     metrics = {"loss": value,
                "accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["label"])}
-    if norm_paths:
+    if norm_paths and norm_grads:
+      metrics["kernel_grads"] = {p: ranking._leaf(grads, p) for p in norm_paths}
+    elif norm_paths:
       metrics["channel_norms"] = ranking.channel_norms(grads, costs, norm_paths)
     if new_stats is not None:
       metrics["batch_stats"] = new_stats

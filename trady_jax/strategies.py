@@ -23,7 +23,7 @@ which this library's input-channel selection does not represent.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -99,15 +99,17 @@ class Selector:
 
   ``state`` is a pytree of arrays (MeDyate's norm vector), so it is checkpointed with the run.
   ``oracle`` (for Det RGN / Prob Raw) maps params to ``{path: (C_in,) channel gradient norms}``
-  of the full gradient.
+  of the full gradient. ``scheme_counts`` / ``scheme_biases``: an SU scheme's channels per layer
+  and its bias leaves (``models.schemes``).
   """
 
   def __init__(self, strategy: Strategy, template: PyTree, costs: NetworkCosts, budget: int, *,
                ranking_doc: Mapping | None = None, scheme_counts: Mapping[str, int] | None = None,
-               share: float = 0.97, alpha: float = 0.2, fixed_counts: bool = True,
-               oracle: Callable[[PyTree], Mapping[str, jax.Array]] | None = None):
+               share: float = 0.97, alpha: float = 0.2, allocation: str = "padded",
+               oracle: Callable[[PyTree], Mapping[str, jax.Array]] | None = None,
+               scheme_biases: Sequence[str] = ()):
     self.strategy, self.costs, self.oracle = strategy, costs, oracle
-    self.scheme_counts, self.template = scheme_counts, template
+    self.scheme_counts, self.scheme_biases, self.template = scheme_counts, scheme_biases, template
     self.sampler = None
     if strategy.rule == "full":
       return
@@ -116,15 +118,32 @@ class Selector:
         raise ValueError("strategy 'su' needs the scheme's per-layer channel counts")
       return
     paths = candidate_layers(strategy, costs, budget, ranking_doc, share=share, alpha=alpha)
-    if strategy.rule == "uniform":
-      self.sampler = samplers.uniform(template, costs, budget, paths, fixed_counts=fixed_counts)
-    elif strategy.rule in ("medyate", "prob_raw"):
-      self.sampler = samplers.weighted(template, costs, budget, paths, fixed_counts=fixed_counts)
-    else:
-      self.sampler = samplers.deterministic(template, costs, budget, paths)
+    make = {"uniform": samplers.uniform, "medyate": samplers.weighted,
+            "prob_raw": samplers.weighted}.get(strategy.rule, samplers.deterministic)
+    sampler = make(template, costs, budget, paths, allocation=allocation)
     if strategy.needs_oracle and oracle is None:
       raise ValueError(f"strategy {strategy.name!r} needs an oracle (full-gradient norms)")
-    self._draw = jax.jit(self.sampler.sample) if self.sampler.jittable else self.sampler.sample
+    # Padded capacities come from the first selection's weights (``select``), then only grow.
+    self._set_sampler(sampler if sampler.capacity is None else
+                      dataclasses.replace(sampler, capacity={}))
+
+  def _set_sampler(self, sampler: samplers.Sampler) -> None:
+    self.sampler = sampler
+    self._draw = jax.jit(sampler.draw) if sampler.jittable else sampler.draw
+
+  @property
+  def capacity(self) -> dict[str, int] | None:
+    """Per-layer index capacities of the padded papers' rule (``None``: other allocations)."""
+    return None if self.sampler is None or self.sampler.capacity is None else dict(
+        self.sampler.capacity)
+
+  def restore(self, capacity: Mapping[str, int] | None, indices: Mapping[str, Any]) -> PyTree:
+    """A checkpointed selection with the capacities it was trained with (same compiled step)."""
+    if capacity and self.capacity is not None:
+      self._set_sampler(self.sampler.grow(capacity))
+    if self.sampler is None:
+      return sel.build(self.template, {p: self.costs[p].channels(i) for p, i in indices.items()})
+    return self.sampler.padded(indices)
 
   @property
   def layers(self) -> list[str]:
@@ -142,7 +161,8 @@ class Selector:
     if rule == "full":
       return None
     if rule == "scheme":
-      return samplers.fixed_scheme(self.template, self.costs, self.scheme_counts, params)
+      return samplers.fixed_scheme(self.template, self.costs, self.scheme_counts, params,
+                                   biases=self.scheme_biases)
     weights = None
     if rule == "medyate":
       weights = state["norms"]
@@ -153,7 +173,19 @@ class Selector:
       weights = samplers.pool_vector(self.sampler, norms)
       if rule == "prob_raw":
         weights = jnp.maximum(weights, jnp.finfo(jnp.float32).tiny)
-    return self._draw(jax.random.fold_in(key, epoch), weights)
+    key = jax.random.fold_in(key, epoch)
+    if self.sampler.capacity is None:
+      return self._draw(key, weights)[0]
+    # The papers' rule within the capacities; when the capacities would move more than a small
+    # share of the budget across layers, they grow to fit these weights (one more compilation;
+    # capacities never shrink, so earlier shapes stay compiled).
+    selection, wanted = self._draw(key, weights)
+    wanted = {p: int(k) for p, k in wanted.items()}
+    if self.sampler.overflow_units(wanted) > samplers.OVERFLOW_TOLERANCE * self.sampler.budget:
+      fitted = self.sampler.fit(jax.random.fold_in(key, 2 ** 31 - 1), weights).grow(wanted)
+      self._set_sampler(fitted)
+      selection, _ = self._draw(key, weights)
+    return selection
 
   def observe(self, state: dict, channel_norms: Mapping[str, jax.Array],
               selection: PyTree | None) -> dict:

@@ -8,11 +8,12 @@ killed at any point restarts from its last finished epoch and reaches the same f
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import time
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -63,18 +64,16 @@ def learning_rate(cfg: Config, steps_per_epoch: int) -> optax.Schedule:
   return optax.warmup_cosine_decay_schedule(0.0, cfg.lr, warmup, max(total, warmup + 1), 0.0)
 
 
-def _selection_from_indices(indices: Mapping[str, np.ndarray], params: PyTree,
-                            costs: NetworkCosts) -> PyTree:
-  return sel.build(params, {p: costs[p].channels(i) for p, i in indices.items()})
-
-
-def _oracle(model, costs: NetworkCosts, batches: Callable[[], list],
+def _oracle(model, costs: NetworkCosts, batches: Callable[[], Any],
             batch_stats: Callable[[], PyTree] = lambda: None) -> Callable:
-  """Full-gradient channel norms (Eq. 6) summed over a few batches: Det RGN / Prob Raw.
-  ``batch_stats()``: the current BN running statistics (BN then uses batch statistics)."""
+  """Channel norms (Eq. 6) of the full gradient, the "complete gradient knowledge" of Det RGN /
+  Det Raw / Prob Raw: the loss gradient averaged over ``batches()`` (the whole training split
+  unless ``Config.oracle_batches`` asks for a few-batch approximation), accumulated batch by
+  batch, then its per-channel norms. ``batch_stats()``: the current BN running statistics (BN
+  then uses batch statistics)."""
 
-  @jax.jit
-  def norms(params, batch, stats):
+  @functools.partial(jax.jit, donate_argnums=0)
+  def add(total, params, batch, stats):
     def logits(p):
       if stats is None:
         return model.apply({"params": p}, batch["image"])
@@ -82,14 +81,13 @@ def _oracle(model, costs: NetworkCosts, batches: Callable[[], list],
                          mutable=["batch_stats"])[0]
 
     g = jax.grad(lambda p: steps.cross_entropy(logits(p), batch["label"]))(params)
-    return ranking.channel_norms(g, costs)
+    return jax.tree.map(jnp.add, total, g)
 
   def oracle(params):
-    total = None
+    total, n = jax.tree.map(jnp.zeros_like, params), 0
     for b in batches():
-      n = norms(params, b, batch_stats())
-      total = n if total is None else jax.tree.map(jnp.add, total, n)
-    return total
+      total, n = add(total, params, b, batch_stats()), n + 1
+    return ranking.channel_norms(jax.tree.map(lambda g: g / max(n, 1), total), costs)
 
   return oracle
 
@@ -100,7 +98,7 @@ class Run:
   def __init__(self, cfg: Config, workdir: str | Path, *, model, params: PyTree, train_source,
                test_source, batches: Callable, ranking_doc: Mapping | None = None,
                scheme_counts: Mapping[str, int] | None = None,
-               batch_stats: PyTree | None = None):
+               batch_stats: PyTree | None = None, scheme_biases: Sequence[str] = ()):
     self.cfg, self.workdir = cfg, Path(workdir)
     self.workdir.mkdir(parents=True, exist_ok=True)
     self.model, self.params0 = model, params
@@ -127,10 +125,11 @@ class Run:
     self.selector = strategies.Selector(
         self.strategy, params, self.costs, cfg.budget, ranking_doc=ranking_doc,
         scheme_counts=scheme_counts, share=cfg.topk_share, alpha=cfg.alpha,
-        fixed_counts=cfg.fixed_counts, oracle=oracle)
+        allocation=cfg.allocation, oracle=oracle, scheme_biases=scheme_biases)
     track = self.strategy.rule == "medyate"
     train_step = steps.make_train_step(model, self.tx, costs=self.costs,
                                        norm_paths=self.selector.layers if track else (),
+                                       norm_grads=cfg.medyate_norm == "epoch",
                                        prefix_chunks=cfg.prefix_chunks)
     # Data parallel over all devices when there are several (batch sharded, rest replicated).
     self.mesh = parallel.mesh() if jax.device_count() > 1 else None
@@ -169,7 +168,7 @@ class Run:
   def _oracle_batches(self):
     it = self.batches(self.train_source, self.cfg.batch_size, train=True, seed=self.cfg.seed + 7,
                       epoch=self._epoch)
-    return [b for _, b in zip(range(self.cfg.oracle_batches), it)]
+    return (b for _, b in zip(range(self.cfg.oracle_batches or self.steps_per_epoch), it))
 
   def _stats_args(self) -> tuple:
     return () if self.batch_stats is None else (self.batch_stats,)
@@ -224,8 +223,9 @@ class Run:
       sampler_state = state["sampler_state"]
       self.batch_stats = state.get("batch_stats")
       if meta.get("selection"):
-        selection = _selection_from_indices(
-            {p: np.asarray(i, np.int32) for p, i in meta["selection"].items()}, params, self.costs)
+        selection = self.selector.restore(
+            meta.get("capacity"),
+            {p: np.asarray(i, np.int32) for p, i in meta["selection"].items()})
       _truncate_metrics(metrics_path, start)
       print(f"resuming {self.workdir} after epoch {start}")
     else:
@@ -246,6 +246,8 @@ class Run:
       if epoch == 0 or self.strategy.dynamic:
         selection = self.selector.select(self.sampler_key, epoch, params, sampler_state)
       usage = strategies.selection_summary(selection, self.costs)
+      if self.selector.capacity is not None:
+        usage["padding_units"] = self.selector.sampler.padding_units(sel.counts(selection))
       params, opt_state, train_metrics, norms = self._train_epoch(
           epoch, params, opt_state, selection, usage)
       sampler_state = self.selector.observe(sampler_state, norms, selection)
@@ -257,7 +259,7 @@ class Run:
         record.update(self.evaluate(params))
       _check_finite(epoch + 1, record, params)
       ckpt.save(epoch + 1, self._state(params, opt_state, sampler_state),
-                {"metrics": record,
+                {"metrics": record, "capacity": self.selector.capacity,
                  "selection": {p: i.tolist()
                                for p, i in sel.as_numpy(selection, sort=False).items()}})
       with metrics_path.open("a") as f:
@@ -286,20 +288,26 @@ class Run:
     bar = tqdm(total=self.steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.total_epochs()}",
                disable=not cfg.progress, leave=False, dynamic_ncols=True)
     meter = step_metrics.DeviceMeter(("loss", "accuracy"))
-    norms = None
+    norms = grads = None
     t0, n = time.time(), 0
     for _, batch in zip(range(self.steps_per_epoch), it):
       params, opt_state, m = self.train_step(params, opt_state, selection, batch,
                                              *self._stats_args())
       if "batch_stats" in m:
         self.batch_stats = m.pop("batch_stats")
-      if "channel_norms" in m:
+      if "channel_norms" in m:  # MeDyate's statistic (Config.medyate_norm): 'last' or 'sum'
         cn = m.pop("channel_norms")
-        norms = cn if norms is None else jax.tree.map(jnp.add, norms, cn)
+        last = norms is None or cfg.medyate_norm == "last"
+        norms = cn if last else jax.tree.map(jnp.add, norms, cn)
+      if "kernel_grads" in m:  # 'epoch': the gradient summed over the epoch, normed below
+        kg = m.pop("kernel_grads")
+        grads = kg if grads is None else jax.tree.map(jnp.add, grads, kg)
       n += 1
       meter.add(m, n)  # stays on the device: the loop goes on dispatching
       if n % cfg.log_every == 0:
         self._report(epoch, meter, bar, t0, usage)
+    if grads is not None:
+      norms = {p: ranking.channel_norm(g, self.costs[p]) for p, g in grads.items()}
     sums = self._report(epoch, meter, bar, t0, usage)  # waits for the last step
     bar.close()
     dt = time.time() - t0

@@ -1,0 +1,144 @@
+"""The papers' cross-layer allocation with padded index arrays: exact gradients, no update of
+padded slots, bounded compilations; the oracle over a whole split; MeDyate's norm statistic."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from trady_jax import ops, samplers, sparse_update, steps, strategies
+from trady_jax import selection as sel
+from trady_jax.config import Config, ConfigError
+
+PAD = sel.PAD
+
+
+def _batch(n=4, size=32, classes=5, seed=1):
+  kx, ky = jax.random.split(jax.random.key(seed))
+  return {"image": jax.random.normal(kx, (n, size, size, 3)),
+          "label": jax.random.randint(ky, (n,), 0, classes)}
+
+
+def _selection(params, c, idx, pad):
+  """Channels ``idx`` per layer, each followed by ``pad`` ``PAD`` slots."""
+  return sel.build(params, {p: c[p].channels(np.concatenate([np.asarray(i, np.int32),
+                                                             np.full(pad, PAD, np.int32)]))
+                            for p, i in idx.items()})
+
+
+IDX = {"first_conv/kernel": [0, 2], "blocks_0_pointwise1/kernel": [1, 5, 7],
+       "blocks_0_depthwise/kernel": [3, 20], "blocks_1_depthwise/kernel": [],
+       "blocks_1_pointwise2/kernel": [0, 23]}
+
+
+def _grads(model, params, selection, batch):
+  def loss(p):
+    logits = model.apply({"params": p, "selection": selection}, batch["image"])
+    return steps.cross_entropy(logits, batch["label"])
+  return jax.grad(loss)(params)
+
+
+def test_padded_slots_give_the_exact_count_gradients(tiny):
+  model, params, c = tiny
+  batch = _batch()
+  exact = _grads(model, params, _selection(params, c, IDX, 0), batch)
+  padded = _grads(model, params, _selection(params, c, IDX, 3), batch)
+  for a, b in zip(jax.tree.leaves(exact), jax.tree.leaves(padded)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-7)
+  # Only the valid channels carry a kernel gradient (an all-PAD layer: none).
+  g = np.asarray(padded["blocks_0_pointwise1"]["kernel"])[0, 0]
+  assert np.all(g[[0, 2, 3, 4, 6]] == 0) and np.any(g[[1, 5, 7]] != 0)
+  assert np.all(np.asarray(padded["blocks_1_depthwise"]["kernel"]) == 0)
+
+
+def test_padded_slots_store_only_the_capacity_and_zeros():
+  x = jax.random.normal(jax.random.key(0), (2, 8, 8, 6))
+  kernel = jax.random.normal(jax.random.key(1), (3, 3, 6, 4))
+  idx = jnp.array([4, 1, PAD, PAD], jnp.int32)
+  _, (x_sel, _, _) = ops._selective_conv_fwd(x, kernel, idx, (1, 1), ((1, 1), (1, 1)), 1)
+  assert x_sel.shape == (2, 8, 8, 4)  # the capacity, not the layer's 6 channels
+  np.testing.assert_array_equal(x_sel[..., 2:], 0)
+  w = jax.random.normal(jax.random.key(2), (6, 3))
+  dw = jax.grad(lambda w: ops.selective_dense(x[:, 0, 0], w, idx).sum())(w)
+  assert np.all(np.asarray(dw)[[0, 2, 3, 5]] == 0) and np.all(np.asarray(dw)[[1, 4]] != 0)
+
+
+def test_padded_slots_get_exactly_zero_update(tiny):
+  model, params, c = tiny
+  tx = optax.chain(sparse_update(), optax.sgd(0.5))
+  step = jax.jit(steps.make_train_step(model, tx, prefix_chunks=1))
+  s = _selection(params, c, IDX, 4)
+  new, _, _ = step(params, tx.init(params), s, _batch())
+  masks = sel.mask_tree(s, params)
+  for p, q, m in zip(jax.tree.leaves(params), jax.tree.leaves(new), jax.tree.leaves(masks)):
+    p, q, m = np.asarray(p), np.asarray(q), np.broadcast_to(np.asarray(m), np.shape(p))
+    np.testing.assert_array_equal(p[~m], q[~m])
+  assert sel.counts(s)["blocks_0_pointwise1/kernel"] == 3
+  assert sel.capacities(s)["blocks_0_pointwise1/kernel"] == 7
+  np.testing.assert_array_equal(sel.as_numpy(s)["blocks_0_pointwise1/kernel"], [1, 5, 7])
+
+
+@pytest.mark.parametrize("scoring", ["uniform", "weighted", "deterministic"])
+def test_padded_draws_are_the_papers_rule(tiny, scoring):
+  _, params, c = tiny
+  make = getattr(samplers, scoring)
+  exact = make(params, c, 6000, allocation="exact")
+  padded = make(params, c, 6000)
+  rng = np.random.default_rng(0)
+  for e in range(6):
+    w = jnp.asarray(rng.lognormal(0, 1, exact.num_channels), jnp.float32)
+    key = jax.random.key(e)
+    want = exact.sample(key, w)
+    got, counts = padded.draw(key, w)
+    counts = {p: int(k) for p, k in counts.items()}
+    if any(k > padded.capacity[p] for p, k in counts.items()):
+      padded = padded.grow(counts)
+      got, _ = padded.draw(key, w)
+    a, b = sel.as_numpy(want), sel.as_numpy(got)
+    assert a.keys() <= b.keys()
+    for p in b:
+      np.testing.assert_array_equal(a.get(p, np.zeros(0, np.int32)), b[p])
+    assert c.usage(sel.counts(got))["units"] <= 6000
+
+
+def test_capped_fill_rule_moves_the_overflow_to_the_next_channels():
+  scores = jnp.array([9.0, 8, 7, 6, 5, 4, 3, 2])
+  layer = jnp.array([0, 0, 0, 1, 1, 0, 1, 1])
+  cost = jnp.array([1.0, 1, 1, 2, 2, 1, 2, 2])
+  free = samplers.fill_rule(scores, cost, 6)
+  np.testing.assert_array_equal(free, [1, 1, 1, 1, 0, 0, 0, 0])
+  capped = samplers.capped_fill_rule(scores, cost, layer, jnp.array([2, 8]), 6)
+  # Layer 0 holds two channels; its third (score 7) is skipped and the budget goes on.
+  np.testing.assert_array_equal(np.asarray(capped), [1, 1, 0, 1, 1, 0, 0, 0])
+  assert np.asarray(samplers.capped_fill_rule(scores, cost, layer, jnp.array([8, 8]), 6)
+                    == free).all()
+
+
+def test_selector_compilations_stay_bounded(tiny):
+  """Norms that move budget across layers (a stable layer scale, as Prop. 3.1, and channel noise
+  redrawn every epoch): the papers' rule compiles a few times, not once per epoch."""
+  model, params, c = tiny
+  strategy = strategies.Strategy("w", "all", "prob_raw", True)
+  rng = np.random.default_rng(1)
+  scale = {l.path: rng.lognormal(0, 1) for l in c.convs}
+  norms = {}
+  selector = strategies.Selector(strategy, params, c, 5000, oracle=lambda p: norms)
+  tx = optax.chain(sparse_update(), optax.sgd(0.1))
+  step = jax.jit(steps.make_train_step(model, tx, prefix_chunks=1))
+  opt, batch = tx.init(params), _batch()
+  for e in range(8):
+    norms.update({l.path: rng.lognormal(0, 1, l.in_channels) * scale[l.path] for l in c.convs})
+    s = selector.select(jax.random.key(0), e, params, {})
+    assert c.usage(sel.counts(s))["units"] <= 5000
+    step(params, opt, s, batch)
+  assert step._cache_size() <= 3
+
+
+def test_config_allocation_oracle_and_norm_options():
+  cfg = Config()
+  assert cfg.allocation == "padded" and cfg.oracle_batches == 0 and cfg.medyate_norm == "last"
+  Config(oracle_batches=0).validate()
+  for bad in ({"allocation": "loose"}, {"medyate_norm": "max"}, {"oracle_batches": -1}):
+    with pytest.raises(ConfigError):
+      Config(**bad).validate()
