@@ -142,3 +142,48 @@ def test_config_allocation_oracle_and_norm_options():
   for bad in ({"allocation": "loose"}, {"medyate_norm": "max"}, {"oracle_batches": -1}):
     with pytest.raises(ConfigError):
       Config(**bad).validate()
+
+
+def test_su_trains_its_scheme_biases(tiny):
+  _, params, c = tiny
+  biases = ["blocks_1_depthwise/bias", "blocks_1_pointwise2/bias", "no_such/bias"]
+  s = samplers.fixed_scheme(params, c, {"blocks_1_pointwise2/kernel": 4}, params, biases=biases)
+  flat = dict(zip(sel.leaf_paths(params), jax.tree.leaves(s, is_leaf=sel.is_marker)))
+  assert flat["blocks_1_depthwise/bias"] == sel.ALL and flat["blocks_1_pointwise2/bias"] == sel.ALL
+  assert flat["blocks_0_depthwise/bias"] == sel.FROZEN
+  assert sel.counts(s) == {"blocks_1_pointwise2/kernel": 4}
+
+
+def test_oracle_is_the_norm_of_the_whole_split_gradient(tiny):
+  from trady_jax import ranking, train
+  model, params, c = tiny
+  batches = [_batch(seed=i) for i in range(3)]
+  got = train._oracle(model, c, lambda: iter(batches))(params)
+
+  def loss(p):
+    return sum(steps.cross_entropy(model.apply({"params": p}, b["image"]), b["label"])
+               for b in batches) / len(batches)
+
+  want = ranking.channel_norms(jax.grad(loss)(params), c)
+  for p in want:
+    np.testing.assert_allclose(np.asarray(got[p]), np.asarray(want[p]), rtol=1e-5, atol=1e-7)
+
+
+def test_medyate_norm_statistics(tiny):
+  """'last' keeps the last step's norms, 'sum' adds per-step norms, 'epoch' norms the summed
+  gradient (all equal to plain autodiff on the same steps)."""
+  from trady_jax import ranking
+  model, params, c = tiny
+  s = _selection(params, c, IDX, 2)
+  tx = optax.chain(sparse_update(), optax.sgd(0.0))  # params unchanged: same gradient each step
+  paths = list(IDX)
+  norms = jax.jit(steps.make_train_step(model, tx, costs=c, norm_paths=paths, prefix_chunks=1))
+  grads = jax.jit(steps.make_train_step(model, tx, costs=c, norm_paths=paths, norm_grads=True,
+                                        prefix_chunks=1))
+  b1, b2 = _batch(seed=1), _batch(seed=2)
+  n1, n2 = (norms(params, tx.init(params), s, b)[2]["channel_norms"] for b in (b1, b2))
+  g1, g2 = (grads(params, tx.init(params), s, b)[2]["kernel_grads"] for b in (b1, b2))
+  for p in paths:
+    np.testing.assert_allclose(n1[p], ranking.channel_norm(g1[p], c[p]), rtol=1e-5, atol=1e-7)
+    summed = ranking.channel_norm(g1[p] + g2[p], c[p])
+    assert np.all(np.asarray(summed) <= np.asarray(n1[p] + n2[p]) + 1e-6)  # triangle inequality
