@@ -144,7 +144,8 @@ def main(argv=None):
   if doc is None:
     raise SystemExit(f"no layer ranking for {args.arch}: run experiments/rank_layers.py first")
   pool = ranking.top_k_share(doc["layer_rgn"], args.share)
-  sampler = samplers.uniform(params, costs, args.budget, pool)
+  # Fixed counts: exact-length index arrays whose memory is the budget's (no padded slots).
+  sampler = samplers.uniform(params, costs, args.budget, pool, allocation="fixed")
   draw = jax.jit(sampler.sample)
   selections = [draw(jax.random.fold_in(jax.random.key(0), e)) for e in range(3)]
 
