@@ -2,7 +2,7 @@
 
     python experiments/train.py                       # quick preset: short TraDy run, CIFAR-10
     python experiments/train.py --strategy medyate --budget 66592 --workdir runs/m1
-    python experiments/train.py --offline true        # only ../shared (weights + CIFAR-10 copy)
+    python experiments/train.py --preset quick --offline true  # the same, only ../shared
 
 Presets (``--preset``) give the other flags their defaults: ``quick`` (``QUICK``: 2,000 train /
 1,000 test images, 1 + 1 epochs, lr 0.03) for the bare command only; ``paper``, the papers'
