@@ -78,41 +78,36 @@ CHUNK_BYTES = {"cpu": 4 << 20}
 
 
 @contextlib.contextmanager
-def formulation(name: str) -> Iterator[None]:
+def _pushed(stack: list, value) -> Iterator[None]:
+  """``value`` on top of ``stack`` (a trace-time setting) for the block."""
+  stack.append(value)
+  try:
+    yield
+  finally:
+    stack.pop()
+
+
+def formulation(name: str) -> contextlib.AbstractContextManager:
   """Use depthwise formulation ``name`` ('xla' or 'shifted') for code traced in this block."""
   if name not in FORMULATION_NAMES:
     raise ValueError(f"unknown depthwise formulation {name!r}; choose from "
                      f"{FORMULATION_NAMES}")
-  _OVERRIDE.append(name)
-  try:
-    yield
-  finally:
-    _OVERRIDE.pop()
+  return _pushed(_OVERRIDE, name)
 
 
-@contextlib.contextmanager
-def unchunked() -> Iterator[None]:
+def unchunked() -> contextlib.AbstractContextManager:
   """Trace the shifted kernel gradient over the whole batch at once within this block.
 
   The same arithmetic without the ``lax.scan`` over batch chunks: XLA's ``cost_analysis`` counts
   a loop body once, so FLOP counts are read from code traced here (``bench_step.py``).
   """
-  _UNCHUNKED.append(True)
-  try:
-    yield
-  finally:
-    _UNCHUNKED.pop()
+  return _pushed(_UNCHUNKED, True)
 
 
-@contextlib.contextmanager
-def no_backward() -> Iterator[None]:
+def no_backward() -> contextlib.AbstractContextManager:
   """Forward passes traced in this block keep nothing for a backward pass (the chunked frozen
   prefix, evaluation): their convolutions use the ``frozen_forward`` formulation."""
-  _NO_BACKWARD.append(True)
-  try:
-    yield
-  finally:
-    _NO_BACKWARD.pop()
+  return _pushed(_NO_BACKWARD, True)
 
 
 def active_formulation(operation: str = "forward") -> str:
