@@ -213,10 +213,7 @@ def _relu6(x):
 
 
 def _relu6_fwd(x):
-  # The mask is read off the output (0 < y < 6 exactly where 0 < x < 6), so the input has one
-  # consumer and XLA need not keep it, or what it is computed from, for the mask.
-  y = jnp.clip(x, 0, 6)
-  return y, _pack((y > 0) & (y < 6))
+  return jnp.clip(x, 0, 6), _pack((x > 0) & (x < 6))
 
 
 def _mask_bwd(packed, g):
@@ -232,8 +229,7 @@ def _relu(x):
 
 
 def _relu_fwd(x):
-  y = jnp.maximum(x, 0)
-  return y, _pack(y > 0)
+  return jnp.maximum(x, 0), _pack(x > 0)
 
 
 _relu.defvjp(_relu_fwd, _mask_bwd)

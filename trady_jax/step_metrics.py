@@ -6,7 +6,7 @@ bar and fetches a batch. Here instead:
 
 * ``DeviceMeter`` adds each step's metrics into device scalars (one fused add, dispatched
   asynchronously) and remembers the first step whose loss was not finite; the loop reads the sums
-  back only every ``read_every`` steps, for the progress bar and the divergence check;
+  back only every ``Config.log_every`` steps, for the progress bar and the divergence check;
 * ``prefetch`` keeps the next ``size`` batches already transferred (``jax.device_put``, or the
   mesh's sharding), so the step is dispatched ahead while the loader prepares the following one;
 * ``EventWriter`` mirrors the run's metric records into TensorBoard event files when
