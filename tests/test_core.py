@@ -3,6 +3,7 @@
 import collections
 import dataclasses
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -56,7 +57,7 @@ def test_layers_give_selected_grads_equal_dense_and_freeze_the_rest(tiny):
   dense = jax.grad(_loss, argnums=1)(model, params, None, x, y)
   masks = sel.mask_tree(s, params)
   for path in sel.leaf_paths(params):
-    a, b, m = (ranking._leaf(t, path) for t in (g, dense, masks))
+    a, b, m = (sel.at_path(t, path) for t in (g, dense, masks))
     m = np.broadcast_to(m, a.shape)
     np.testing.assert_allclose(np.asarray(a)[m], np.asarray(b)[m], rtol=2e-4, atol=1e-6,
                                err_msg=path)
@@ -100,7 +101,7 @@ def test_unselected_params_bit_exact_across_changing_selections(tiny, make_tx):
     new = optax.apply_updates(p, upd)
     m = sel.mask_tree(s, p)
     for path in sel.leaf_paths(p):
-      old, cur, mm = (ranking._leaf(t, path) for t in (p, new, m))
+      old, cur, mm = (sel.at_path(t, path) for t in (p, new, m))
       keep = ~np.broadcast_to(mm, old.shape)
       np.testing.assert_array_equal(np.asarray(cur)[keep], np.asarray(old)[keep], err_msg=path)
     assert not np.array_equal(new["classifier"]["kernel"], p["classifier"]["kernel"])
@@ -122,6 +123,33 @@ def test_chain_first_with_adam_is_bit_exact_for_one_selection(tiny):
   rest = [c for c in range(24) if c not in (1, 10)]  # channels 1 and 10 are selected
   np.testing.assert_array_equal(dw1[..., rest], dw0[..., rest])
   assert not np.array_equal(dw1[..., 10], dw0[..., 10])
+
+
+def test_sparse_update_keeps_inner_state_only_for_the_pool(tiny):
+  """Adam state for the leaves a run can train, the dense inner optimizer's updates restricted."""
+  model, params, c = tiny
+  x, y = _batch()
+  paths = ["blocks_0_pointwise2/kernel", "blocks_1_depthwise/kernel"]  # _changing_selections'
+  pool = sel.pool(params, paths)
+  dense, pooled = sparse_update(optax.adam(1e-2)), sparse_update(optax.adam(1e-2), pool=pool)
+  nbytes = lambda t: sum(x.nbytes for x in jax.tree.leaves(t))
+  d_state, p_state = dense.init(params), pooled.init(params)
+  trained = sum(sel.at_path(params, p).nbytes for p in paths) + nbytes(params["classifier"])
+  print(f"adam state: {nbytes(d_state)} B dense, {nbytes(p_state)} B pooled, "
+        f"params {nbytes(params)} B")
+  assert (nbytes(params), nbytes(d_state), trained) == (6324, 12652, 1812)
+  assert nbytes(p_state) == 2 * trained + 4  # mu, nu of the pool, one int32 step count
+  update = jax.jit(pooled.update)
+  p = params
+  for s in _changing_selections(params, c):
+    g = jax.grad(_loss, argnums=1)(model, p, s, x, y)
+    d_upd, d_state = dense.update(g, d_state, p, selection=s)
+    p_upd, p_state = update(g, p_state, p, selection=s)
+    chex.assert_trees_all_close(p_upd, d_upd, rtol=1e-6, atol=1e-9)
+    p = optax.apply_updates(p, d_upd)
+  outside = sel.build(params, {"first_conv/kernel": c["first_conv/kernel"].channels([0])})
+  with pytest.raises(ValueError, match=r"\['first_conv/kernel'\], outside"):
+    pooled.update(g, p_state, p, selection=outside)
 
 
 def test_sparse_update_errors(tiny):

@@ -19,15 +19,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from trady_jax import selection as sel
 from trady_jax.costs import LayerCost, NetworkCosts
 
 PyTree = Any
-
-
-def _leaf(tree: PyTree, path: str) -> jax.Array:
-  for key in path.split("/"):
-    tree = tree[key]
-  return tree
 
 
 def channel_norm(kernel_grad: jax.Array, layer: LayerCost) -> jax.Array:
@@ -45,7 +40,7 @@ def channel_norms(grads: PyTree, costs: NetworkCosts,
                   paths: Sequence[str] | None = None) -> dict[str, jax.Array]:
   """``{path: (C_in,) channel gradient norms}`` for the charged layers (or ``paths``)."""
   paths = [l.path for l in costs.convs] if paths is None else paths
-  return {p: channel_norm(_leaf(grads, p), costs[p]) for p in paths}
+  return {p: channel_norm(sel.at_path(grads, p), costs[p]) for p in paths}
 
 
 def init(costs: NetworkCosts) -> dict[str, dict[str, jax.Array]]:

@@ -325,7 +325,7 @@ def fixed_scheme(template: PyTree, costs: NetworkCosts, counts: Mapping[str, int
       f"^{re.escape(b)}$" for b in biases)
   s = Sampler(template, layers, budget, "deterministic", {l.path: counts[l.path] for l in layers},
               **kw)
-  norms = jnp.concatenate([ranking.channel_norm(ranking._leaf(params, l.path), l)
+  norms = jnp.concatenate([ranking.channel_norm(sel.at_path(params, l.path), l)
                            for l in layers])
   return s.sample(jax.random.key(0), norms)
 

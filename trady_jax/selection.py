@@ -86,8 +86,23 @@ def path_str(path) -> str:
 
 
 def leaf_paths(params: PyTree) -> list[str]:
-  """The ``'a/b/kernel'`` paths of all parameter leaves, in tree order."""
+  """The ``'a/b/kernel'`` paths of all parameter leaves, in tree order.
+
+  >>> leaf_paths({"conv": {"kernel": 0, "bias": 0}, "head": {"kernel": 0}})
+  ['conv/bias', 'conv/kernel', 'head/kernel']
+  """
   return [path_str(p) for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
+
+
+def at_path(tree: PyTree, path: str) -> Any:
+  """The node of a nested-dict tree at ``'a/b/kernel'``.
+
+  >>> at_path({"conv": {"kernel": 3}}, "conv/kernel")
+  3
+  """
+  for key in path.split("/"):
+    tree = tree[key]
+  return tree
 
 
 def build(params: PyTree, channels: Mapping[str, Channels], *,
@@ -118,6 +133,30 @@ def build(params: PyTree, channels: Mapping[str, Channels], *,
     return ALL if any(r.search(p) for r in patterns) else FROZEN
 
   return jax.tree_util.tree_map_with_path(leaf, params)
+
+
+def pool(params: PyTree, paths: Sequence[str], *, trainable: Sequence[str] = ALWAYS) -> PyTree:
+  """Every leaf a selection over the candidate kernels ``paths`` can ever train, as a selection:
+  ``ALL`` for those kernels and the ``trainable`` leaves, ``FROZEN`` for the rest.
+
+  ``sparse_update(inner, pool=...)`` keeps ``inner``'s state only for these leaves. A sampler's
+  pool is ``pool(params, [l.path for l in sampler.layers], trainable=sampler.trainable)``.
+
+  >>> p = {"a": {"kernel": jnp.zeros((1, 1, 4, 2))}, "b": {"kernel": jnp.zeros((1, 1, 2, 2))},
+  ...      "classifier": {"kernel": jnp.zeros((2, 3))}}
+  >>> [type(s).__name__ for s in jax.tree.leaves(pool(p, ["b/kernel"]), is_leaf=is_marker)]
+  ['MaskedNode', 'AllChannels', 'AllChannels']
+  """
+  return build(params, {}, trainable=(*trainable, *(f"^{re.escape(p)}$" for p in paths)))
+
+
+def trained_mask(selection: PyTree) -> PyTree:
+  """Per-leaf ``bool``: ``False`` where ``selection`` is ``FROZEN`` (an ``optax.masked`` mask).
+
+  >>> trained_mask({"a": FROZEN, "b": ALL})
+  {'a': False, 'b': True}
+  """
+  return map_selection(lambda s: not isinstance(s, optax.MaskedNode), selection)
 
 
 def _check_channels(path: str, c: Channels, shape: Sequence[int]) -> None:

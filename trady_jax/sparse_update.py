@@ -31,12 +31,19 @@ def _restrict(updates: PyTree, selection: PyTree) -> PyTree:
   return sel.map_selection(leaf, selection, updates)
 
 
-def sparse_update(inner: optax.GradientTransformation | None = None
-                  ) -> optax.GradientTransformationExtraArgs:
+def _outside_pool(selection: PyTree, mask: PyTree) -> list[str]:
+  """Paths the selection trains that the pool freezes (static: markers are tree structure)."""
+  trained = jax.tree_util.tree_flatten_with_path(sel.trained_mask(selection))[0]
+  return [sel.path_str(p) for (p, t), m in zip(trained, jax.tree.leaves(mask)) if t and not m]
+
+
+def sparse_update(inner: optax.GradientTransformation | None = None, *,
+                  pool: PyTree | None = None) -> optax.GradientTransformationExtraArgs:
   """Restrict updates to a channel selection passed at every step.
 
   ``updates <- updates * mask(selection)`` where ``mask`` is 1 on the selected input channels of
-  channel-selected kernels, 1 on ``ALL`` leaves and 0 on ``FROZEN`` leaves.
+  channel-selected kernels (paper Eq. 2: only those channels' weight gradients exist), 1 on
+  ``ALL`` leaves and 0 on ``FROZEN`` leaves.
 
   Two ways to use it:
 
@@ -50,13 +57,32 @@ def sparse_update(inner: optax.GradientTransformation | None = None
   The selection is an extra argument: ``tx.update(grads, state, params, selection=selection)``.
   It works on the sparse gradients of the selective layers and on plain dense autodiff gradients.
 
+  ``pool``: every leaf any selection of the run may train (``selection.pool``, or a selection
+  that never changes). ``inner`` then keeps state only for those leaves (``optax.masked``;
+  ``optax.MaskedNode`` for the rest), with the same updates; a selection that trains a leaf
+  outside the pool is an error.
+
   Args:
     inner: optional transformation to wrap.
+    pool: optional selection-shaped tree; its non-``FROZEN`` leaves are the trainable ones.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``.
+
+  >>> import jax.numpy as jnp, optax
+  >>> params = {"conv": {"kernel": jnp.ones((1, 1, 4, 2))}, "classifier": {"kernel": jnp.ones((2, 3))}}
+  >>> tx = sparse_update(optax.adam(0.1), pool=sel.pool(params, []))  # the classifier only
+  >>> state = tx.init(params)
+  >>> sum(x.size for x in jax.tree.leaves(state))  # Adam's step count, mu and nu of the classifier
+  13
+  >>> selection = sel.build(params, {})
+  >>> updates, state = tx.update(params, state, params, selection=selection)
+  >>> float(updates["conv"]["kernel"].sum()), updates["classifier"]["kernel"].shape
+  (0.0, (2, 3))
   """
-  inner = None if inner is None else optax.with_extra_args_support(inner)
+  mask = None if pool is None else sel.trained_mask(pool)
+  if inner is not None:
+    inner = optax.with_extra_args_support(inner if mask is None else optax.masked(inner, mask))
 
   def init_fn(params):
     return SparseUpdateState(inner_state=() if inner is None else inner.init(params))
@@ -69,6 +95,8 @@ def sparse_update(inner: optax.GradientTransformation | None = None
         jax.tree.map(lambda _: 0, selection, is_leaf=sel.is_marker)):
       raise ValueError("the selection does not mirror the updates' tree; build it from the same "
                        "params with trady_jax.selection.build")
+    if mask is not None and (outside := _outside_pool(selection, mask)):
+      raise ValueError(f"the selection trains {outside}, outside sparse_update's pool")
     updates = _restrict(updates, selection)
     if inner is None:
       return updates, state

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import optax
 
 from trady_jax import prefix, ranking
+from trady_jax import selection as sel
 from trady_jax.costs import NetworkCosts
 
 PyTree = Any
@@ -64,7 +65,7 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, *,
     metrics = {"loss": value,
                "accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["label"])}
     if norm_paths and norm_grads:
-      metrics["kernel_grads"] = {p: ranking._leaf(grads, p) for p in norm_paths}
+      metrics["kernel_grads"] = {p: sel.at_path(grads, p) for p in norm_paths}
     elif norm_paths:
       metrics["channel_norms"] = ranking.channel_norms(grads, costs, norm_paths)
     if new_stats is not None:
