@@ -19,6 +19,7 @@ from trady_jax.config import ConfigError  # noqa: E402
 from trady_jax.data.folder import ImageError  # noqa: E402
 from trady_jax.models import registry, schemes  # noqa: E402
 from trady_jax.models.tiny import TinyCNN  # noqa: E402
+from trady_jax.paper import BUDGET_SCHEMES, BUDGETS  # noqa: E402
 
 
 def load_model(arch: str, num_classes: int, *, pretrained: bool = True, weights_dir: str = "",
@@ -128,7 +129,7 @@ def check_scheme_budget(cfg, units: int) -> None:
   """
   if units <= cfg.budget:
     return
-  paper = dict(zip((1, 3, 5), schemes.PAPER_BUDGETS.get(cfg.arch, ())))
+  paper = dict(zip(BUDGET_SCHEMES, BUDGETS.get(cfg.arch, ())))
   if paper.get(cfg.su_scheme) == cfg.budget:
     print(f"NOTE: SU scheme {cfg.su_scheme} of {cfg.arch} uses {units:,} units, more than its "
           f"paper budget {cfg.budget:,} (a known discrepancy); the records show {units:,}",

@@ -26,9 +26,10 @@ import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
+from trady_jax import data
+from trady_jax.data import CIFAR10_CLASSES as CLASSES
 from trady_jax.models import registry
 
-CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 # ImageNet-1k indices matching a CIFAR-10 class.
 IMAGENET_MATCH = {
     "airplane": (404, 895, 405, 908, 812),  # airliner, warplane, airship, wing, space shuttle
@@ -86,8 +87,8 @@ def ridge_probe(f_train, y_train, f_test, y_test, lambdas=(1e-2, 1e-1, 1, 10, 10
 
 def main():
   ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  ap.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared" / "data"
-                                        / "cifar10-jpeg.tar.gz"))
+  ap.add_argument("--data", default=str(data.find_cifar10_archive()),
+                  help="the CIFAR-10 JPEG archive (default: the copy in the shared folder)")
   ap.add_argument("--arch", default="mbv2-w0.35", choices=list(registry.MCU_NETS))
   ap.add_argument("--weights-dir", default=None)
   ap.add_argument("--train-per-class", type=int, default=200)

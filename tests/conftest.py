@@ -1,20 +1,19 @@
 """Shared fixtures: a tiny model, its costs, and the location of ../shared."""
 
-from pathlib import Path
-
 import jax
 import jax.numpy as jnp
 import pytest
 
-from trady_jax import costs
+from trady_jax import costs, paths
 from trady_jax.models.tiny import TinyCNN
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+# The shared folder the package itself reads ($TRADY_JAX_SHARED, else ../shared), the first found.
+SHARED = next((d for d in paths.shared_dirs() if d.is_dir()), paths.shared_dirs()[0])
 
 
 @pytest.fixture(scope="session")
-def shared_dir() -> Path:
-  """``../shared`` beside the repository; tests that need it skip with a reason when absent."""
+def shared_dir():
+  """The shared folder (``paths.shared_dirs``); tests that need it skip with a reason when absent."""
   if not SHARED.is_dir():
     pytest.skip(f"{SHARED} not found: the pretrained weights and CIFAR-10 copy live there")
   return SHARED

@@ -8,6 +8,7 @@ import pytest
 
 from trady_jax import costs
 from trady_jax.models import registry, schemes
+from trady_jax.paper import BASELINE_UNITS, BUDGET_SCHEMES, BUDGETS
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
 import memory_report  # noqa: E402
@@ -36,6 +37,7 @@ def test_exact_totals(arch_costs):
   n, w, a, total = TOTALS[arch]
   t = net.totals()
   assert (len(net.convs), t["weights"], t["activations"], t["total"]) == (n, w, a, total)
+  assert BASELINE_UNITS[arch] == total
 
 
 def test_su_schemes(arch_costs):
@@ -46,12 +48,12 @@ def test_su_schemes(arch_costs):
     assert (use["units"], use["weights"]) == want
     assert len(schemes.bias_paths(arch, k, net)) == schemes.get_scheme(arch, k).n_bias_update
   # The tables' budgets are schemes 1, 3 and 5; mbv2 scheme 1 is the one known mismatch.
-  paper = schemes.PAPER_BUDGETS[arch]
+  paper = BUDGETS[arch]
   assert paper[1:] == (SCHEME_UNITS[arch][2], SCHEME_UNITS[arch][4])
   assert paper[0] == SCHEME_UNITS[arch][0] - (336 if arch == "mbv2-w0.35" else 0)
   # The tables' depthwise accounting (no k x k) reproduces all 15 values, 27,946 included.
   table = schemes.table_units(arch, net)
-  assert (table[1], table[3], table[5]) == paper
+  assert tuple(table[k] for k in BUDGET_SCHEMES) == paper
   assert [table[k] for k in (2, 4)] == [SCHEME_UNITS[arch][1], SCHEME_UNITS[arch][3]]
 
 

@@ -14,13 +14,12 @@ from jax import lax
 from trady_jax import costs
 from trady_jax.models import mcunet, mobilenetv2, registry, weights
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 MCU = ("mbv2-w0.35", "mcunet-in1", "proxyless-w0.3")
 
 
 @pytest.fixture(scope="module")
-def shared_weights() -> Path:
-  d = SHARED / "weights"
+def shared_weights(shared_dir) -> Path:
+  d = shared_dir / "weights"
   if not (d / "mbv2-w0.35.npz").is_file():
     pytest.skip(f"../shared not found: {d} holds the int8 weights")
   return d

@@ -10,9 +10,8 @@ import math
 import re
 from typing import Any
 
-# Epochs per dataset in the papers (method-spec 10); the 5 warm-up epochs come on top.
-PAPER_EPOCHS = {"cifar10": 100, "cifar100": 50, "food101": 50, "vww": 50,
-                "cub200": 200, "pets": 200, "flowers102": 200}
+from trady_jax import paper
+
 ALLOCATIONS = ("padded", "fixed", "exact")  # samplers.py
 MEDYATE_NORMS = ("last", "epoch", "sum")
 
@@ -35,15 +34,16 @@ class Config:
   offline: bool = False             # use the CIFAR-10 copy in ../shared/data, never the network
   train_limit: int = 0              # use only this many (class-balanced) train images; 0 = all
   test_limit: int = 0               # likewise for the test split
-  batch_size: int = 32              # the predecessor code's 32
+  batch_size: int = paper.BATCH_SIZE  # the predecessor code's 32
   num_workers: int = 2              # decoding/augmentation threads (>= 1)
   # --- strategy and budget ---
   strategy: str = "trady"           # a name from trady_jax.strategies.REGISTRY
-  budget: int = 27946               # B_mem in units (elements of weights + activations per sample)
+  budget: int = paper.BUDGETS["mbv2-w0.35"][0]  # B_mem in units (elements of weights +
+                                    # activations per sample)
   su_scheme: int = 1                # MIT Sparse Update scheme (1-5) for strategy 'su'
   ranking: str = ""                 # ranking JSON from experiments/rank_layers.py; '' = shipped one
-  topk_share: float = 0.97          # TraDy: keep the top layers holding this share of layer RGN
-  alpha: float = 0.2                # MeDyate: smallest K with B_mem / M_K <= alpha
+  topk_share: float = paper.TOPK_SHARE  # TraDy: keep the top layers holding this share of layer RGN
+  alpha: float = paper.ALPHA_OPT    # MeDyate: smallest K with B_mem / M_K <= alpha
   allocation: str = "padded"        # channels per layer: 'padded' (the papers' fill rule, budget
                                     # moves across layers; index arrays padded to power-of-two
                                     # capacities that only grow: a few compilations), 'fixed'
@@ -63,8 +63,9 @@ class Config:
   # --- optimisation (method-spec 10) ---
   epochs: int = 0                   # training epochs after warm-up; 0 = the papers' default for
                                     # the dataset (cifar10 100, cub200/pets/flowers102 200, else 50)
-  warmup_epochs: int = 5            # linear warm-up from 0 to lr, counted on top of `epochs`
-  lr: float = 0.125                 # peak learning rate (SGD, no momentum, no weight decay)
+  warmup_epochs: int = paper.WARMUP_EPOCHS  # linear warm-up from 0 to lr, counted on top of
+                                    # `epochs`
+  lr: float = paper.LR              # peak learning rate (SGD, no momentum, no weight decay)
   seed: int = 0                     # 0 <= seed < 2**32; the papers use 0, 42, 100
   # --- bookkeeping ---
   eval_every: int = 1               # evaluate the test split every this many epochs (and last)
@@ -95,7 +96,7 @@ class Config:
     return self
 
   def total_epochs(self) -> int:
-    epochs = self.epochs or PAPER_EPOCHS.get(self.dataset, 50)
+    epochs = self.epochs or paper.epochs(self.dataset)
     return epochs + self.warmup_epochs
 
   def to_json(self) -> str:

@@ -13,6 +13,7 @@ import tempfile
 import zlib
 from pathlib import Path
 
+from trady_jax import paths
 from trady_jax.data.folder import ImageFolderSource, Source, Subset, balanced_subset
 from trady_jax.data.synthetic import SyntheticSource, synthetic
 from trady_jax.data.tfds_source import (DATASETS, DataUnavailableError, DatasetSpec, TfdsSource,
@@ -28,7 +29,6 @@ __all__ = [
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
                    "truck")  # the official label order (also the sorted folder names)
 CIFAR10_ARCHIVE = "cifar10-jpeg.tar.gz"  # offline copy: cifar10/{train,test}/<class>/NNNN.jpg
-DEFAULT_CACHE = Path("~/.cache/trady_jax/cifar10-jpeg")  # where the offline copy is unpacked
 
 VWW_HELP = """\
 Visual Wake Words is not part of tensorflow-datasets; open it as an image folder
@@ -73,14 +73,13 @@ def find_cifar10_archive(shared_dir: str | os.PathLike | None = None) -> Path | 
   """The offline CIFAR-10 archive, or ``None``.
 
   Looks in ``shared_dir`` (a folder holding ``data/<archive>`` or ``<archive>``, or the archive
-  itself), else ``$TRADY_JAX_SHARED``, else a ``shared/`` folder beside the source checkout.
+  itself), else in the shared folders of ``paths.shared_dirs`` (``$TRADY_JAX_SHARED``, else
+  ``../shared``).
   """
-  if shared_dir is None and os.environ.get("TRADY_JAX_SHARED"):
-    shared_dir = os.environ["TRADY_JAX_SHARED"]
   if shared_dir is not None:
     candidates = [Path(shared_dir).expanduser()]
   else:
-    candidates = [p / "shared" for p in Path(__file__).resolve().parents]
+    candidates = paths.shared_dirs()
   for base in candidates:
     for path in (base, base / "data" / CIFAR10_ARCHIVE, base / CIFAR10_ARCHIVE):
       if path.is_file():
@@ -130,17 +129,18 @@ def cifar10_offline(shared_dir: str | os.PathLike | None = None,
   """``(train, test)`` image-folder sources of the offline CIFAR-10 JPEG copy.
 
   The archive (see :func:`find_cifar10_archive`) is unpacked once into ``cache_dir`` (default
-  ``~/.cache/trady_jax/cifar10-jpeg``), atomically; later calls only list the files. The JPEG
+  ``cifar10-jpeg`` in ``paths.cache_dir()``), atomically; later calls only list the files. The JPEG
   re-encoding makes pixels differ slightly from the original CIFAR-10 release.
   """
-  target = Path(cache_dir if cache_dir is not None else DEFAULT_CACHE).expanduser()
+  target = Path(cache_dir).expanduser() if cache_dir is not None else (
+      paths.cache_dir() / paths.CIFAR10_CACHE)
   if not _is_unpacked(target):
     archive = find_cifar10_archive(shared_dir)
     if archive is None:
       raise DataUnavailableError(
           f"the offline CIFAR-10 copy is neither unpacked in {target} nor found as "
           f"{CIFAR10_ARCHIVE} "
-          f"(looked in {shared_dir or '$TRADY_JAX_SHARED and shared/ beside the checkout'})")
+          f"(looked in {shared_dir or [str(d) for d in paths.shared_dirs()]})")
     _unpack_once(archive, target)
   return tuple(ImageFolderSource(target / split, class_names=CIFAR10_CLASSES,
                                  limit_per_class=limit_per_class) for split in ("train", "test"))

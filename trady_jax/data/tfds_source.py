@@ -35,22 +35,21 @@ class DatasetSpec:
   tfds_name: str | None  # tensorflow-datasets builder name; None when tfds does not provide it
   train_split: str  # tfds split used for fine-tuning
   test_split: str  # tfds split on which the final top-1 is reported
-  num_classes: int  # size of the new classifier head
-  epochs: int  # fine-tuning epochs in the papers (TraDy App. D.1, MeDyate 4.1)
+  num_classes: int  # size of the new classifier head (epochs: ``trady_jax.paper.epochs``)
   image_key: str = "image"  # feature holding the image
   label_key: str = "label"  # feature holding the class id
   protocol: str = "standard"  # transform family: 'standard' (crop + jitter) or 'resize' (VWW)
 
 
 DATASETS: dict[str, DatasetSpec] = {
-    "cifar10": DatasetSpec("cifar10", "train", "test", 10, 100),
-    "cifar100": DatasetSpec("cifar100", "train", "test", 100, 50),
-    "cub200": DatasetSpec("caltech_birds2011", "train", "test", 200, 200),
-    "flowers102": DatasetSpec("oxford_flowers102", "train", "test", 102, 200),
-    "food101": DatasetSpec("food101", "train", "validation", 101, 50),
-    "pets": DatasetSpec("oxford_iiit_pet", "train", "test", 37, 200),
-    "vww": DatasetSpec(None, "train", "test", 2, 50, protocol="resize"),
-    "wake_vision": DatasetSpec("wake_vision", "train_quality", "test", 2, 50,
+    "cifar10": DatasetSpec("cifar10", "train", "test", 10),
+    "cifar100": DatasetSpec("cifar100", "train", "test", 100),
+    "cub200": DatasetSpec("caltech_birds2011", "train", "test", 200),
+    "flowers102": DatasetSpec("oxford_flowers102", "train", "test", 102),
+    "food101": DatasetSpec("food101", "train", "validation", 101),
+    "pets": DatasetSpec("oxford_iiit_pet", "train", "test", 37),
+    "vww": DatasetSpec(None, "train", "test", 2, protocol="resize"),
+    "wake_vision": DatasetSpec("wake_vision", "train_quality", "test", 2,
                                label_key="person", protocol="resize"),
 }
 

@@ -36,7 +36,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from trady_jax import batchnorm
+from trady_jax import batchnorm, paths
 from trady_jax import selection as sel
 from trady_jax.models import calibration as calibration_lib
 from trady_jax.models import mcunet, mobilenetv2, resnet, weights
@@ -63,9 +63,7 @@ def _check(name: str) -> None:
     raise KeyError(f"unknown model {name!r}; known: {list(NAMES)}")
 
 
-def cache_dir() -> Path:
-  """``$TRADY_JAX_CACHE`` or ``~/.cache/trady_jax``."""
-  return Path(os.environ.get("TRADY_JAX_CACHE") or Path.home() / ".cache" / "trady_jax")
+cache_dir = paths.cache_dir
 
 
 def search_dirs(weights_dir: str | Path | None = None) -> list[Path]:
@@ -77,11 +75,9 @@ def search_dirs(weights_dir: str | Path | None = None) -> list[Path]:
 
 
 def shipped_dirs() -> list[Path]:
-  """The project's own weight copies: ``../shared/weights`` beside the current directory and
-  beside the repository."""
-  repo = Path(__file__).resolve().parents[2]
-  return [d.resolve() for d in (Path.cwd().parent / "shared" / "weights",
-                                repo.parent / "shared" / "weights")]
+  """The project's own weight copies: ``weights/`` in the shared folders (``paths.shared_dirs``:
+  ``$TRADY_JAX_SHARED``, else ``../shared`` beside the current directory and the checkout)."""
+  return paths.shared_subdirs("weights")
 
 
 def find_weights(name: str, weights_dir: str | Path | None = None,

@@ -73,10 +73,6 @@ SCHEMES: dict[str, dict[int, Scheme]] = {
     },
 }
 
-# The three budgets of the TraDy / MeDyate tables (schemes 1, 3, 5), in units.
-PAPER_BUDGETS = {"mbv2-w0.35": (27_946, 66_592, 93_696), "mcunet-in1": (15_936, 64_832, 112_640),
-                 "proxyless-w0.3": (25_984, 72_960, 101_376)}
-
 
 def get_scheme(arch: str, scheme: int) -> Scheme:
   """The SU scheme ``scheme`` (1-5) of ``arch``."""
