@@ -2,8 +2,10 @@
 
 import collections
 import dataclasses
+from typing import Any
 
 import chex
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -11,7 +13,7 @@ import optax
 import pytest
 
 from trady_jax import costs as costs_lib
-from trady_jax import ranking, samplers, sparse_update
+from trady_jax import layers, ranking, samplers, sparse_update
 from trady_jax import selection as sel
 
 
@@ -45,6 +47,29 @@ def test_costs_follow_the_paper_formulas(tiny):
     c.usage({stem.path: 4})
   with pytest.raises(KeyError, match="unknown layer"):
     c.usage({"nope/kernel": 1})
+
+
+class _UserNet(nn.Module):
+  """A selective conv, a LayerNorm and, with ``plain``, a layer the memory model cannot charge."""
+  plain: Any = None
+
+  @nn.compact
+  def __call__(self, x):
+    x = nn.LayerNorm(name="norm")(layers.SelectiveConv(4, name="conv")(x))
+    if self.plain is not None:
+      x = self.plain(x)
+    return layers.SelectiveDense(3, name="head")(jnp.mean(x, (1, 2)))
+
+
+def test_trace_refuses_layers_it_cannot_charge():
+  c = costs_lib.trace(_UserNet(), (1, 8, 8, 3))  # LayerNorm: trained whole, not charged
+  assert [l.path for l in c.layers] == ["conv/kernel", "head/kernel"]
+  assert c.totals()["total"] == 3 * (4 * 9 + 64)
+  for plain, path in [(nn.Conv(4, (3, 3)), "plain/bias"),
+                      (nn.Dense(4, use_bias=False), "plain/kernel")]:
+    name = type(plain).__name__
+    with pytest.raises(ValueError, match=f"^{path}: .*{name} 'plain'.*SelectiveConv"):
+      costs_lib.trace(_UserNet(plain), (1, 8, 8, 3))
 
 
 def test_layers_give_selected_grads_equal_dense_and_freeze_the_rest(tiny):

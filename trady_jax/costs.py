@@ -9,22 +9,24 @@ output ``H' x W'``, per sample:
 * time             ``(Theta_time)_c = kh * kw * (C_out / g) * H' * W'``        (Eq. 4, dW MACs).
 
 A budget ``B_mem`` is a count of tensor elements (units): the sum of ``Theta_space`` over the
-selected channels of conv layers. Biases, BatchNorm and dense layers (the classifier) are not
-charged. Shapes come from ``jax.eval_shape`` of the model with an interceptor on the selective
-layers, never from hand-written tables.
+selected channels of conv layers. Biases, BatchNorm / LayerNorm scale and shift and dense layers
+(the classifier) are not charged, as in the papers. Shapes come from ``jax.eval_shape`` of the
+model (Linen or NNX), never from hand-written tables; a parametrised layer that is neither
+selective nor a normalisation layer is refused (``check_accounted``).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping, NamedTuple, Sequence
 
 import flax.linen as nn
+from flax import nnx
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from trady_jax import layers, ops
+from trady_jax import batchnorm, layers, ops
 from trady_jax import selection as sel
 
 
@@ -144,29 +146,102 @@ def to_bytes(weights: int, activations: int, *, batch: int = 1, dtype: Any = jnp
   return int((weights + activations * batch) * jnp.dtype(dtype).itemsize)
 
 
-def trace(model: nn.Module, input_shape: Sequence[int] = (1, 128, 128, 3),
-          **apply_kwargs) -> NetworkCosts:
-  """Costs of every ``SelectiveConv`` / ``SelectiveDense`` in ``model`` for inputs of ``input_shape``.
+# Normalisation layers: their scale / shift are trained whole and not charged (the papers charge
+# conv weights and activations only, method-spec 1.2; ``selection.ALWAYS``).
+NORMALIZATION = (batchnorm.BatchNorm, nn.BatchNorm, nn.LayerNorm, nn.GroupNorm, nn.RMSNorm)
 
-  Only shapes are traced (``jax.eval_shape`` of ``model.init``): nothing is computed.
+
+class LayerCall(NamedTuple):
+  """One call of a selective layer seen while tracing shapes.
+
+  ``layer`` carries the hyper-parameters (``features``, and for convs ``kernel_size``, ``strides``,
+  ``feature_group_count``, ``bn``); ``conv``: a ``SelectiveConv`` (else a ``SelectiveDense``).
   """
-  records: list[tuple[nn.Module, tuple, tuple]] = []
+  path: str
+  conv: bool
+  layer: Any
+  in_shape: tuple[int, ...]
+  out_shape: tuple[int, ...]
+
+
+def check_accounted(calls: Sequence[LayerCall], owners: Mapping[str, Any],
+                    normalization: tuple[type, ...] = NORMALIZATION) -> None:
+  """Refuse a model with a parameter that no selective or normalisation layer owns.
+
+  ``owners``: ``{parameter leaf path: the module holding it}``. A plain ``nn.Conv`` / ``nn.Dense``
+  would compute its weight gradient and store its input whatever the selection, outside ``B_mem``.
+  """
+  selective = {c.path.removesuffix("kernel") for c in calls}
+  for path, module in owners.items():
+    owner = path[:path.rfind("/") + 1]
+    if owner not in selective and not isinstance(module, normalization):
+      raise ValueError(
+          f"{path}: a parameter of {type(module).__name__} {owner.rstrip('/')!r}, which the memory "
+          "model cannot charge; use trady_jax.layers.SelectiveConv / SelectiveDense (NNX: "
+          "trady_jax.nnx_layers) for convolution and dense layers, or a normalisation layer "
+          f"({', '.join(sorted({n.__name__ for n in normalization}))})")
+
+
+def _linen_calls(model: nn.Module, x: jax.ShapeDtypeStruct,
+                 **apply_kwargs) -> tuple[list[LayerCall], dict[str, Any]]:
+  """Selective layer calls and parameter owners of a Linen model (``jax.eval_shape`` of init)."""
+  calls, modules = [], {}
 
   def interceptor(next_fun, args, kwargs, context):
     out = next_fun(*args, **kwargs)
     m = context.module
+    modules["/".join(m.path)] = m
     if context.method_name == "__call__" and isinstance(
         m, (layers.SelectiveConv, layers.SelectiveDense)):
-      records.append((m, tuple(args[0].shape), tuple(out.shape)))
+      calls.append(LayerCall("/".join(m.path) + "/kernel", isinstance(m, layers.SelectiveConv), m,
+                             tuple(args[0].shape), tuple(out.shape)))
     return out
 
-  x = jax.ShapeDtypeStruct(tuple(input_shape), jnp.float32)
   with nn.intercept_methods(interceptor):
-    jax.eval_shape(lambda x: model.init(jax.random.key(0), x, **apply_kwargs), x)
+    variables = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, **apply_kwargs), x)
+  owners = {p: modules[p.rpartition("/")[0]]
+            for p in sel.leaf_paths(variables.get("params", {}))}
+  return calls, owners
+
+
+def trace(model, input_shape: Sequence[int] = (1, 128, 128, 3), **apply_kwargs) -> NetworkCosts:
+  """Costs of every ``SelectiveConv`` / ``SelectiveDense`` in ``model`` for inputs of ``input_shape``.
+
+  ``model``: a Linen module, or a Flax NNX module built from ``trady_jax.nnx_layers``. Only shapes
+  are traced (``jax.eval_shape``): nothing is computed. Every other parameter must belong to a
+  normalisation layer (``NORMALIZATION``: trained whole, not charged); a model with any other
+  parametrised layer (a plain ``nn.Conv``) is refused, so no budget leaves a layer out.
+
+  >>> from trady_jax.models.tiny import TinyCNN
+  >>> c = trace(TinyCNN(num_classes=5), (1, 32, 32, 3))
+  >>> c.convs[0].path, c.convs[0].weight, c.convs[0].activation  # C^W_c = 8 * 3 * 3, C^A_c = 32 * 32
+  ('first_conv/kernel', 72, 1024)
+  >>> class Plain(nn.Module):
+  ...   @nn.compact
+  ...   def __call__(self, x):
+  ...     return layers.SelectiveDense(2, name="head")(nn.Conv(4, (3, 3), name="stem")(x))
+  >>> trace(Plain(), (1, 8, 8, 3))
+  Traceback (most recent call last):
+  ValueError: stem/bias: a parameter of Conv 'stem', which the memory model cannot charge; ...
+  """
+  x = jax.ShapeDtypeStruct(tuple(input_shape), jnp.float32)
+  if isinstance(model, nnx.Module):
+    from trady_jax import nnx_layers  # local: nnx_layers' cost needs only this dispatch
+    calls, owners = nnx_layers.trace_calls(model, x, **apply_kwargs)
+    check_accounted(calls, owners, NORMALIZATION + nnx_layers.NORMALIZATION)
+  else:
+    calls, owners = _linen_calls(model, x, **apply_kwargs)
+    check_accounted(calls, owners)
+  if not calls:
+    raise ValueError("the model has no SelectiveConv / SelectiveDense layer to cost")
+  return NetworkCosts(tuple(_layer_costs(calls)))
+
+
+def _layer_costs(calls: Sequence[LayerCall]) -> list[LayerCost]:
+  """Eq. 3-4 per input channel of each traced layer, convs numbered in forward order."""
   costs, conv_index = [], 0
-  for m, xs, ys in records:
-    path = "/".join(m.path) + "/kernel"
-    if isinstance(m, layers.SelectiveConv):
+  for path, conv, m, xs, ys in calls:
+    if conv:
       g, (kh, kw) = m.feature_group_count, tuple(m.kernel_size)
       cin, cout = xs[-1], m.features
       kind = ops.conv_kind((kh, kw, cin // g, cout), g)
@@ -181,6 +256,4 @@ def trace(model: nn.Module, input_shape: Sequence[int] = (1, 128, 128, 3),
       cout = m.features
       costs.append(LayerCost(path, -1, "dense", xs[-1], cout, 1, (1, 1), (1, 1), (tokens, 1),
                              (tokens, 1), cout, tokens, cout * tokens, False))
-  if not costs:
-    raise ValueError("the model has no SelectiveConv / SelectiveDense layer to cost")
-  return NetworkCosts(tuple(costs))
+  return costs
