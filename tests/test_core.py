@@ -191,21 +191,24 @@ def test_one_compilation_for_many_selections(tiny):
   x, y = _batch()
   sampler = samplers.uniform(params, c, budget=4000)
   tx = optax.chain(sparse_update(), optax.sgd(0.1))
+  chex.clear_trace_counter()
 
   @jax.jit
+  @chex.assert_max_traces(n=1)
   def step(p, opt, s):
     g = jax.grad(_loss, argnums=1)(model, p, s, x, y)
     u, opt = tx.update(g, opt, p, selection=s)
     return optax.apply_updates(p, u), opt
 
-  draw = jax.jit(sampler.sample)
+  draw = jax.jit(chex.assert_max_traces(sampler.sample, n=1))
   p, opt, seen = params, tx.init(params), []
   for epoch in range(4):
     s = draw(jax.random.fold_in(jax.random.key(0), epoch))
     seen.append(sel.as_numpy(s))
     p, opt = step(p, opt, s)
-  assert step._cache_size() == 1 and draw._cache_size() == 1
   assert any(not np.array_equal(seen[0][k], seen[1][k]) for k in seen[0])
+  with pytest.raises(AssertionError, match="traced > 1 times"):  # another shape: a new trace
+    step(p, opt, _changing_selections(params, c, 1)[0])
 
 
 @pytest.mark.parametrize("budget", [300, 1500, 7000, 20000])

@@ -22,7 +22,7 @@ import optax
 from tqdm.auto import tqdm
 
 from trady_jax import (batchnorm, checkpoint, parallel, ranking, results, step_metrics, steps,
-                       strategies, workdir)
+                       strategies, workdir, xla)
 from trady_jax import selection as sel
 from trady_jax.config import Config, ConfigError
 from trady_jax.costs import NetworkCosts, trace
@@ -131,6 +131,7 @@ class Run:
                                        norm_paths=self.selector.layers if track else (),
                                        norm_grads=cfg.medyate_norm == "epoch",
                                        prefix_chunks=cfg.prefix_chunks)
+    train_step = self._traced_step = xla.count_traces(train_step)  # one trace per compilation
     # Data parallel over all devices when there are several (batch sharded, rest replicated).
     self.mesh = parallel.mesh() if jax.device_count() > 1 else None
     eval_step = steps.make_eval_step(model, chunks=cfg.prefix_chunks)
@@ -278,7 +279,7 @@ class Run:
   @property
   def compilations(self) -> int:
     """Compiled versions of the train step so far (one per distinct selection shape)."""
-    return self.train_step._cache_size()
+    return self._traced_step.traces
 
   def _train_epoch(self, epoch, params, opt_state, selection, usage):
     cfg = self.cfg

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import statistics
 import time
 from typing import Any, Callable
@@ -27,6 +28,28 @@ def compiled_stats(fn: Callable, *args, **kwargs) -> dict[str, Any]:
           "argument_bytes": int(mem.argument_size_in_bytes),
           "output_bytes": int(mem.output_size_in_bytes),
           "flops": float((cost or {}).get("flops", float("nan")))}
+
+
+def count_traces(fn: Callable) -> Callable:
+  """``fn`` counting its traces in ``.traces``: wrapped in ``jax.jit``, one per compilation (a
+  public count, where a jitted function's cache size is private). Tests that only need a bound
+  use ``chex.assert_max_traces``.
+
+  >>> import jax, jax.numpy as jnp
+  >>> f = count_traces(lambda x: x + 1)
+  >>> g = jax.jit(f)
+  >>> _ = g(jnp.ones(2)), g(jnp.zeros(2)), g(jnp.ones(3))  # a new shape compiles again
+  >>> f.traces
+  2
+  """
+
+  @functools.wraps(fn)
+  def counted(*args, **kwargs):
+    counted.traces += 1
+    return fn(*args, **kwargs)
+
+  counted.traces = 0
+  return counted
 
 
 def median_time(fn: Callable, *args, repeats: int = 5, warmup: int = 1) -> float:
