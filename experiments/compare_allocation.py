@@ -31,7 +31,7 @@ import numpy as np
 import optax
 
 from trady_jax import costs as costs_lib
-from trady_jax import samplers, sparse_update, steps, strategies
+from trady_jax import samplers, sparse_update, steps, strategies, xla
 from trady_jax import selection as sel
 
 
@@ -77,7 +77,8 @@ def main(argv=None):
                                   jnp.finfo(jnp.float32).tiny)}
 
   tx = optax.chain(sparse_update(), optax.sgd(0.01))
-  step = jax.jit(steps.make_train_step(model, tx))
+  traced = xla.count_traces(steps.make_train_step(model, tx))
+  step = jax.jit(traced)
   batch = {"image": jnp.zeros((args.batch, size, size, 3)),
            "label": jnp.zeros((args.batch,), jnp.int32)}
   opt = tx.init(params)
@@ -91,16 +92,17 @@ def main(argv=None):
     tv_fixed.append(tv_distance(shares(counts["fixed"], net), shares(counts["exact"], net)))
     pad_units.append(selectors["padded"].sampler.padding_units(counts["padded"]))
     for _ in range(args.steps):
-      before, t0 = step._cache_size(), time.time()
+      before, t0 = traced.traces, time.time()
       jax.block_until_ready(step(params, opt, drawn["padded"], batch))
       dt = time.time() - t0
-      if step._cache_size() > before:
+      if traced.traces > before:
         compile_s += dt
       else:
         step_s.append(dt)
   run_s = time.time() - t_run
   t_step = float(np.median(step_s)) if step_s else 0.0
-  compile_s -= (step._cache_size() * t_step)  # a compiling call also runs one step
+  compilations = traced.traces  # before temp_bytes below traces other shapes
+  compile_s -= (compilations * t_step)  # a compiling call also runs one step
   projected = args.epochs * args.steps_per_epoch * t_step
 
   def temp_bytes(selection):
@@ -111,7 +113,7 @@ def main(argv=None):
             "layers": len(selectors["padded"].layers), "epochs": args.epochs,
             "allocation_tv_distance": float(np.mean(tv)),
             "fixed_tv_distance": float(np.mean(tv_fixed)),
-            "compilations": step._cache_size(),
+            "compilations": compilations,
             "compile_s": round(compile_s, 2), "step_s": round(t_step, 4),
             "compile_share": round(compile_s / max(run_s, 1e-9), 4),
             "compile_share_projected": round(compile_s / (compile_s + projected), 6),
