@@ -30,7 +30,8 @@ import sys
 
 import common
 
-from trady_jax import config, parallel, results, workdir
+from trady_jax import config, parallel, workdir
+from trady_jax.report import records
 
 # The embedded default: a short TraDy fine-tuning (a couple of minutes on a laptop CPU).
 # lr 0.03: at the papers' 0.125 the BN-folded nets diverge (offline, this preset: train loss 81 in
@@ -61,13 +62,11 @@ def main(argv=None):
   with workdir.locked(wd):
     run = common.make_run(cfg, wd)
     final = run.run()
-    if not run.epochs_trained and results.is_finished(wd):
+    if not run.epochs_trained and records.is_finished(wd):
       print(f"{wd} had finished; its final.json is left as it was")
       final = json.loads((run.workdir / "final.json").read_text())
     else:
-      final.update(run.info, workdir=wd, strategy=cfg.strategy, arch=cfg.arch,
-                   dataset=cfg.dataset, budget=cfg.budget, seed=cfg.seed)
-      results.write_json_atomic(run.workdir / "final.json", final)
+      final = records.write_final(run.workdir, {**final, **run.info, "workdir": wd}, cfg)
   g = {k: final.get(k, math.nan) for k in ("test_accuracy", "units", "weight_sparsity",
                                            "activation_sparsity", "flops_saved", "wall_s")}
   print(f"final test accuracy {g['test_accuracy']:.4f}  budget used {g['units']:,.0f} units  "

@@ -1,6 +1,6 @@
 """Grid launcher and results tooling on fake result files (no training)."""
 
-import importlib.util
+import importlib
 import json
 import math
 import os
@@ -12,27 +12,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from trady_jax import results as R
-from trady_jax import workdir
+from trady_jax import atomic, workdir
 from trady_jax.paper import BUDGETS as PAPER_BUDGETS
-
-EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
-
-
-def _load(name):
-  spec = importlib.util.spec_from_file_location(f"_exp_{name}", EXPERIMENTS / f"{name}.py")
-  mod = importlib.util.module_from_spec(spec)
-  sys.modules[spec.name] = mod  # dataclasses look their module up there
-  spec.loader.exec_module(mod)
-  return mod
-
-
-grid = _load("grid")
-report = _load("results")
+from trady_jax.grid import cli, launch, plan
+from trady_jax.report import aggregate, make, records, tables, ttest
 
 
 def _emit(capsys, *args):
-  assert grid.main(["--emit-commands", "--python", "python", *args]) == 0
+  assert cli.main(["--emit-commands", "--python", "python", *args]) == 0
   return [l for l in capsys.readouterr().out.splitlines() if l]
 
 
@@ -88,11 +75,11 @@ def test_grid_rejects_bad_input(tmp_path, capsys):
               ["--strategies", "su", "--budgets", "1234"],
               ["--archs", "tiny", "--budgets", "paper"]):
     with pytest.raises(SystemExit):
-      grid.main(common + bad)
-  grid.main(common + ["--epochs", "3"])
+      cli.main(common + bad)
+  cli.main(common + ["--epochs", "3"])
   capsys.readouterr()
   with pytest.raises(SystemExit, match="another --results"):  # a different protocol, same folder
-    grid.main(common + ["--epochs", "4"])
+    cli.main(common + ["--epochs", "4"])
 
 
 def test_skip_finished_runs(tmp_path, capsys):
@@ -100,13 +87,13 @@ def test_skip_finished_runs(tmp_path, capsys):
           "--budgets", "paper", "--seeds", "0", "--results", str(tmp_path)]
   lines = _emit(capsys, *args)
   assert len(lines) == 3
-  runs = grid.expand(["mbv2-w0.35"], ["cifar10"], ["trady"], "paper", [0], str(tmp_path))
+  runs = plan.expand(["mbv2-w0.35"], ["cifar10"], ["trady"], "paper", [0], str(tmp_path))
   done, partial = runs[0], runs[1]
-  R.write_json_atomic(Path(done.workdir) / "final.json", _final("mbv2-w0.35", "cifar10", "trady",
+  atomic.write_json_atomic(Path(done.workdir) / "final.json", _final("mbv2-w0.35", "cifar10", "trady",
                                                                 done.budget, 0, 0.9))
   Path(partial.workdir).mkdir(parents=True)
   (Path(partial.workdir) / "final.json").write_text('{"epoch": 3, "test_acc')  # cut short
-  assert R.is_finished(done.workdir) and not R.is_finished(partial.workdir)
+  assert records.is_finished(done.workdir) and not records.is_finished(partial.workdir)
   lines = _emit(capsys, *args)
   assert len(lines) == 2 and not any(done.workdir in l for l in lines)
   assert len(_emit(capsys, *args, "--include-finished")) == 3
@@ -114,29 +101,29 @@ def test_skip_finished_runs(tmp_path, capsys):
   fake = tmp_path / "fake_python.sh"
   fake.write_text("#!/bin/sh\necho \"$@\" >> " + shlex.quote(str(tmp_path / "calls.txt")) + "\n")
   fake.chmod(0o755)
-  counts = grid.run_all(runs, str(fake), [])
+  counts = launch.run_all(runs, [str(fake)], [])
   calls = (tmp_path / "calls.txt").read_text().splitlines()
   assert len(calls) == 2 and not any(done.workdir in c for c in calls)
   assert counts == {"done": 0, "finished_before": 1, "busy": 0, "failed": 2}  # no final.json
-  assert not any(Path(r.workdir, grid.LOCK).exists() for r in runs)  # locks released
+  assert not any(Path(r.workdir, workdir.LOCK).exists() for r in runs)  # locks released
 
 
 def test_locks_and_shards(tmp_path):
   wd = tmp_path / "run"
   wd.mkdir()
-  (wd / grid.LOCK).write_text(json.dumps({"host": "here", "pid": 2 ** 22 + 12345}))
+  (wd / workdir.LOCK).write_text(json.dumps({"host": "here", "pid": 2 ** 22 + 12345}))
   assert workdir.holder(wd) is None and workdir.stale(wd)  # a dead process's lock: stale
   with workdir.locked(wd):  # and taken over
     assert workdir.holder(wd) is not None and not workdir.stale(wd)
-  assert not (wd / grid.LOCK).exists()
-  assert grid.parse_shard("1/3") == (1, 3)
+  assert not (wd / workdir.LOCK).exists()
+  assert launch.parse_shard("1/3") == (1, 3)
   with pytest.raises(ValueError):
-    grid.parse_shard("3/3")
+    launch.parse_shard("3/3")
 
 
 def test_slurm_script(tmp_path, capsys):
   script = tmp_path / "grid.sh"
-  assert grid.main(["--emit-slurm", str(script), "--results", str(tmp_path / "res"),
+  assert cli.main(["--emit-slurm", str(script), "--results", str(tmp_path / "res"),
                     "--strategies", "trady,baseline", "--seeds", "0,42", "--max-parallel", "4",
                     "--sbatch", "--gres=gpu:1 --time=1:00:00", "--epochs", "2"]) == 0
   commands = script.with_suffix(".commands").read_text().splitlines()
@@ -163,7 +150,7 @@ def _final(arch, dataset, strategy, budget, seed, acc, **kw):
 def _write_run(root, rec, epochs=3):
   b = "full" if rec["strategy"] == "baseline" else rec["budget"]
   wd = Path(root) / rec["arch"] / rec["dataset"] / rec["strategy"] / f"b{b}" / f"s{rec['seed']}"
-  R.write_json_atomic(wd / "final.json", rec)
+  atomic.write_json_atomic(wd / "final.json", rec)
   lines = [json.dumps({"epoch": e, "weight_sparsity": 0.9 + 0.01 * e,
                        "activation_sparsity": 0.95, "flops_saved": 0.97 - 0.001 * e})
            for e in range(1, epochs + 1)]
@@ -199,23 +186,23 @@ def test_aggregate_mean_std_and_corrupt_files(results_dir):
   (bad / "final.json").write_text('{"arch": "mbv2-w0.35", "test_accura')
   (bad.parent / "s42").mkdir()
   (bad.parent / "s42" / "final.json").write_text(json.dumps({"arch": "mbv2-w0.35"}))
-  with pytest.warns(R.ResultsWarning) as rec:
-    runs = R.load_runs(results_dir)
+  with pytest.warns(records.ResultsWarning) as rec:
+    runs = records.load_runs(results_dir)
   msgs = [str(w.message) for w in rec]
   assert any("b300/s0" in m.replace(os.sep, "/") and "not valid JSON" in m for m in msgs)
   assert any("missing" in m for m in msgs)
   assert len(runs) == 2 * 2 * 2 * 3 + 2 * 3
-  cells = R.aggregate(runs)
+  cells = aggregate.aggregate(runs)
   c = cells[("mbv2-w0.35", 100, "trady", "cifar100")]
   assert c.n == 3 and c.seeds == (0, 42, 100)
   assert c.mean == pytest.approx(71.0) and c.std == pytest.approx(np.std([70, 70, 73], ddof=1))
   assert cells[("mbv2-w0.35", "full", "baseline", "cifar10")].n == 3
-  _, rows = R.table_rows(cells, "mbv2-w0.35")
+  _, rows = tables.table_rows(cells, "mbv2-w0.35")
   row = next(r for r in rows if r["strategy"] == "trady" and r["budget"] == 100)
   avg = row["average"]
   assert avg.mean == pytest.approx((91.0 + 71.0) / 2)
   assert avg.std == pytest.approx(math.sqrt(1.0 ** 2 + np.var([70, 70, 73], ddof=1)))
-  md = R.markdown_tables(cells)
+  md = tables.markdown_tables(cells)
   assert "| 100 | trady | 91.00±1.00 | 71.00±1.73 | 81.00±2.00 |" in md
   assert "| full | baseline |" in md
 
@@ -223,8 +210,8 @@ def test_aggregate_mean_std_and_corrupt_files(results_dir):
 def test_report_files_and_plots(results_dir, tmp_path):
   out = tmp_path / "out"
   with warnings.catch_warnings():
-    warnings.simplefilter("error", R.ResultsWarning)  # clean inputs: no warnings
-    rep = report.make_report(results_dir, out, quiet=True)
+    warnings.simplefilter("error", records.ResultsWarning)  # clean inputs: no warnings
+    rep = make.make_report(results_dir, out, quiet=True)
   assert {p.name for p in out.iterdir()} >= {"tables.md", "summary.csv", "runs.csv", "ttest.csv",
                                              "plots"}
   assert not [p for p in out.rglob("*") if p.name.endswith(".tmp")]
@@ -238,7 +225,7 @@ def test_report_files_and_plots(results_dir, tmp_path):
   for p in pngs:
     assert p.stat().st_size > 1000 and p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
   assert rep["ttest"].names == ["trady", "su"]  # baseline excluded, best first
-  curves = report.sparsity_curves(rep["runs"])[("mbv2-w0.35", "cifar10", 100)]["trady"]
+  curves = aggregate.sparsity_curves(rep["runs"])[("mbv2-w0.35", "cifar10", 100)]["trady"]
   ep, mean, _ = curves["weight_sparsity"]
   assert list(ep) == [1, 2, 3] and mean == pytest.approx([91, 92, 93])
 
@@ -246,8 +233,8 @@ def test_report_files_and_plots(results_dir, tmp_path):
 def test_metrics_bad_lines_skipped(tmp_path):
   p = tmp_path / "metrics.jsonl"
   p.write_text('{"epoch": 1, "a": 1}\n{"epoch": 2, "a": 2}\n{"epoch": 1, "a": 3}\n{"epoch": 3, "a')
-  with pytest.warns(R.ResultsWarning, match="bad line"):
-    m = R.load_metrics(p)
+  with pytest.warns(records.ResultsWarning, match="bad line"):
+    m = records.load_metrics(p)
   assert [(r["epoch"], r["a"]) for r in m] == [(1, 3), (2, 2)]
 
 
@@ -258,45 +245,42 @@ def test_metrics_bad_lines_skipped(tmp_path):
 def test_paired_ttest_known_value():
   # d = x - y = [1, 2, 3]: mean 2, sd 1, t = 2 sqrt(3), df = 2, and for df = 2 the t tail is
   # P(T > t) = 1/2 - t / (2 sqrt(t^2 + 2)) = 1/2 - sqrt(3/14) = 0.0370862...
-  res = R.paired_ttest([11, 12, 13], [10, 10, 10])
+  res = ttest.paired_ttest([11, 12, 13], [10, 10, 10])
   assert res.t == pytest.approx(2 * math.sqrt(3))
   assert res.p == pytest.approx(0.5 - math.sqrt(3 / 14), rel=1e-10)
   assert res.n == 3 and res.mean_diff == pytest.approx(2.0)
-  assert R.paired_ttest([10, 10, 10], [11, 12, 13]).p == pytest.approx(1 - res.p, rel=1e-10)
-  assert R.paired_ttest([11, 12, 13], [10, 10, 10], "two-sided").p == pytest.approx(2 * res.p)
-  assert R.student_t_sf(1.0, 1) == pytest.approx(0.25)  # Cauchy: 1/2 - atan(1)/pi
-  assert R.student_t_sf(0.0, 7) == pytest.approx(0.5)
-  assert R.student_t_sf(1.959963985, 1e7) == pytest.approx(0.025, rel=1e-5)  # normal limit
-  assert math.isnan(R.paired_ttest([1], [0]).p)
-  assert R.paired_ttest([2, 3], [1, 2]).p == 0.0  # constant positive difference
+  assert ttest.paired_ttest([10, 10, 10], [11, 12, 13]).p == pytest.approx(1 - res.p, rel=1e-10)
+  assert ttest.paired_ttest([11, 12, 13], [10, 10, 10], "two-sided").p == pytest.approx(2 * res.p)
+  assert math.isnan(ttest.paired_ttest([1], [0]).p)
+  # constant differences: t is infinite and the answer certain (scipy itself returns nan)
+  assert ttest.paired_ttest([2, 3], [1, 2]).p == 0.0
+  assert ttest.paired_ttest([2, 3], [1, 2], "less").p == 1.0
+  assert ttest.paired_ttest([1, 2], [2, 3], "two-sided").p == 0.0
+  assert math.isnan(ttest.paired_ttest([2, 3], [2, 3]).p)  # no difference at all
+  with pytest.raises(ValueError, match="alternative"):
+    ttest.paired_ttest([1, 2], [0, 0], "bigger")
 
 
-def test_student_t_matches_scipy():
-  stats = pytest.importorskip("scipy.stats")
-  rng = np.random.default_rng(0)
-  for n in (2, 3, 5, 30, 189):
-    x, y = rng.normal(size=n), rng.normal(size=n) - 0.2
-    ours = R.paired_ttest(x, y)
-    ref = stats.ttest_rel(x, y, alternative="greater")
-    assert ours.t == pytest.approx(ref.statistic) and ours.p == pytest.approx(ref.pvalue, rel=1e-9)
-  for t in (-40.0, -3.0, 0.3, 2.5, 12.0):
-    for df in (1, 2, 4.5, 60, 500):
-      assert R.student_t_sf(t, df) == pytest.approx(stats.t.sf(t, df), rel=1e-9, abs=1e-300)
+def test_report_without_scipy_says_what_to_install(monkeypatch):
+  monkeypatch.setitem(sys.modules, "scipy", None)  # import scipy now fails
+  monkeypatch.delitem(sys.modules, "trady_jax.report.ttest")
+  with pytest.raises(ImportError, match=r"need scipy: pip install 'trady-jax\[report\]'"):
+    importlib.import_module("trady_jax.report.ttest")
 
 
 def test_ttest_matrix_pairs_matched_runs():
   def run(s, seed, acc, budget=100, dataset="cifar10"):
-    return R.parse_record(_final("mbv2-w0.35", dataset, s, budget, seed, acc))
+    return records.parse_record(_final("mbv2-w0.35", dataset, s, budget, seed, acc))
   runs = [run("a", s, 0.5 + 0.01 * s + 0.001 * s * s) for s in range(5)]
   runs += [run("b", s, 0.5 + 0.01 * s) for s in range(5)]
   runs += [run("b", 9, 0.99)]  # no partner: not paired
-  m = R.ttest_matrix(runs)
+  m = ttest.ttest_matrix(runs)
   assert m.names == ["a", "b"]  # a beats b on every matched seed
   i, j = m.names.index("a"), m.names.index("b")
-  ref = R.paired_ttest([0.1 * s * s for s in range(5)], [0.0] * 5)
+  ref = ttest.paired_ttest([0.1 * s * s for s in range(5)], [0.0] * 5)
   assert m.n[i, j] == 5 and m.p[i, j] == pytest.approx(ref.p)
   assert m.p[j, i] == pytest.approx(1 - ref.p) and math.isnan(m.p[i, i])
-  m2 = R.ttest_matrix(runs, pair_unit="condition")
+  m2 = ttest.ttest_matrix(runs, pair_unit="condition")
   assert m2.n[i, j] == 1 and math.isnan(m2.p[i, j])
 
 
@@ -306,12 +290,12 @@ def test_ttest_matrix_pairs_matched_runs():
 
 def test_write_json_atomic(tmp_path):
   p = tmp_path / "sub" / "final.json"
-  R.write_json_atomic(p, {"a": 1, "b": [1.5, None]})
+  atomic.write_json_atomic(p, {"a": 1, "b": [1.5, None]})
   assert json.loads(p.read_text()) == {"a": 1, "b": [1.5, None]}
-  R.write_json_atomic(p, {"a": 2})
+  atomic.write_json_atomic(p, {"a": 2})
   assert json.loads(p.read_text()) == {"a": 2}
   with pytest.raises(TypeError):  # not serialisable: the old file stays whole
-    R.write_json_atomic(p, {"a": object()})
+    atomic.write_json_atomic(p, {"a": object()})
   assert json.loads(p.read_text()) == {"a": 2}
   assert os.listdir(p.parent) == ["final.json"]  # no temporary files left
   mask = os.umask(0)
@@ -321,10 +305,10 @@ def test_write_json_atomic(tmp_path):
 
 def test_atomic_write_failure_leaves_no_temp(tmp_path, monkeypatch):
   p = tmp_path / "t.txt"
-  R.write_text_atomic(p, "old")
+  atomic.write_text_atomic(p, "old")
   def boom(*a):
     raise OSError("disk full")
-  monkeypatch.setattr(R.os, "replace", boom)
+  monkeypatch.setattr(atomic.os, "replace", boom)
   with pytest.raises(OSError, match="disk full"):
-    R.write_text_atomic(p, "new")
+    atomic.write_text_atomic(p, "new")
   assert p.read_text() == "old" and os.listdir(tmp_path) == ["t.txt"]

@@ -10,8 +10,10 @@ from pathlib import Path
 import pytest
 from test_train import _run
 
-from trady_jax import results, workdir
+from trady_jax import atomic, workdir
 from trady_jax.config import Config, ConfigError
+from trady_jax.grid import cli, launch, plan
+from trady_jax.report import records
 from trady_jax.train import DivergedError
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
@@ -33,7 +35,6 @@ def _load(name):
 
 
 script = _load("train")
-grid = _load("grid")
 
 
 def _main(capsys, argv):
@@ -160,18 +161,18 @@ def test_diverging_run_stops_and_is_not_counted(tmp_path):
   assert p.returncode == DivergedError.exit_code and len(err) == 1, p.stderr
   assert err[0].startswith("error: training diverged at epoch 1") and "Traceback" not in p.stdout
   assert not (wd / "final.json").exists() and not list((wd / "checkpoints").glob("[0-9]*"))
-  assert json.loads((wd / results.DIVERGED).read_text())["epoch"] == 1
+  assert json.loads((wd / records.DIVERGED).read_text())["epoch"] == 1
   # Even a final.json beside it (e.g. from an older version) is never counted as finished.
-  results.write_json_atomic(wd / "final.json", {
+  atomic.write_json_atomic(wd / "final.json", {
       "arch": "tiny", "dataset": "synthetic", "strategy": "baseline", "seed": 0,
       "test_accuracy": 0.1, "train_loss": float("nan")})
-  assert not results.is_finished(wd)
-  with pytest.warns(results.ResultsWarning, match="diverged"):
-    assert results.load_runs(tmp_path / "res") == []
-  (wd / results.DIVERGED).unlink()
+  assert not records.is_finished(wd)
+  with pytest.warns(records.ResultsWarning, match="diverged"):
+    assert records.load_runs(tmp_path / "res") == []
+  (wd / records.DIVERGED).unlink()
   with pytest.raises(ValueError, match="train_loss not finite"):
-    results.read_final(wd / "final.json")
-  (wd / results.DIVERGED).write_text("{}")
+    records.read_final(wd / "final.json")
+  (wd / records.DIVERGED).write_text("{}")
   p = _process(SMOKE + ["--lr", "1e30", "--workdir", str(wd)], tmp_path)
   assert p.returncode != 0 and "diverged" in p.stderr and "Traceback" not in p.stderr
 
@@ -180,7 +181,7 @@ def test_diverging_run_stops_and_is_not_counted(tmp_path):
 def test_nan_loss_stops_at_its_step(tmp_path):
   with pytest.raises(DivergedError, match=r"at epoch \d+, step \d+ \(loss (nan|inf)\)") as e:
     _run(tmp_path, "trady", lr=1e30).run()
-  epoch = json.loads((tmp_path / results.DIVERGED).read_text())["epoch"]
+  epoch = json.loads((tmp_path / records.DIVERGED).read_text())["epoch"]
   assert epoch == e.value.record["epoch"]
   assert all(int(d.name) < epoch for d in (tmp_path / "checkpoints").glob("[0-9]*"))
 
@@ -222,26 +223,26 @@ def test_grid_skips_runs_held_by_an_orphaned_trainer(tmp_path, capsys):
   res = tmp_path / "res"
   args = ["--archs", "mbv2-w0.35", "--datasets", "cifar10", "--strategies", "trady",
           "--budgets", "27946", "--seeds", "0,1", "--results", str(res)]
-  runs = grid.expand(["mbv2-w0.35"], ["cifar10"], ["trady"], "27946", [0, 1], str(res))
+  runs = plan.expand(["mbv2-w0.35"], ["cifar10"], ["trady"], "27946", [0, 1], str(res))
   fake = tmp_path / "fake_python.sh"
   fake.write_text("#!/bin/sh\necho \"$@\" >> " + str(tmp_path / "calls.txt") + "\n")
   fake.chmod(0o755)
   orphan = _holder_process(runs[0].workdir)
   try:
-    counts = grid.run_all(runs, str(fake), [])
+    counts = launch.run_all(runs, [str(fake)], [])
     assert counts["busy"] == 1 and len((tmp_path / "calls.txt").read_text().splitlines()) == 1
-    assert grid.main(["--status", *args]) == 0
+    assert cli.main(["--status", *args]) == 0
     out = capsys.readouterr().out
     assert "1 running (locked)" in out and f":{orphan.pid}" in out
   finally:
     orphan.kill()
     orphan.wait()
-  (Path(runs[1].workdir) / grid.LOCK).write_text("")  # an empty lock file: nobody's
-  assert grid.main(["--status", *args]) == 0
+  (Path(runs[1].workdir) / workdir.LOCK).write_text("")  # an empty lock file: nobody's
+  assert cli.main(["--status", *args]) == 0
   out = capsys.readouterr().out
   assert "0 running (locked)" in out and out.count("stale lock") == 2
-  (Path(runs[1].workdir) / results.DIVERGED).write_text("{}")
-  assert grid.main(["--status", *args]) == 0
+  (Path(runs[1].workdir) / records.DIVERGED).write_text("{}")
+  assert cli.main(["--status", *args]) == 0
   assert "1 diverged" in capsys.readouterr().out
 
 
