@@ -230,6 +230,22 @@ def test_report_files_and_plots(results_dir, tmp_path):
   assert list(ep) == [1, 2, 3] and mean == pytest.approx([91, 92, 93])
 
 
+def test_final_record_written_and_read_by_one_schema(tmp_path):
+  from trady_jax.config import Config
+  cfg = Config(arch="mcunet-in1", dataset="cifar100", strategy="medyate", budget=64832, seed=42)
+  rec = records.write_final(tmp_path, {"test_accuracy": 0.625, "units": 64000,
+                                       "pretrained": True}, cfg)
+  assert json.loads((tmp_path / records.FINAL).read_text()) == rec
+  run = records.read_final(tmp_path / records.FINAL)
+  assert (run.arch, run.dataset, run.strategy, run.budget, run.seed, run.accuracy) == (
+      "mcunet-in1", "cifar100", "medyate", 64832, 42, 62.5)
+  assert records.is_finished(tmp_path) and not run.fallback
+  base = records.write_final(tmp_path / "b", {"test_accuracy": 0.7},
+                             Config(strategy="baseline", budget=123))
+  assert records.read_final(tmp_path / "b" / records.FINAL).budget == records.FULL
+  assert base["budget"] == 123  # recorded as given, tabulated as full fine-tuning
+
+
 def test_metrics_bad_lines_skipped(tmp_path):
   p = tmp_path / "metrics.jsonl"
   p.write_text('{"epoch": 1, "a": 1}\n{"epoch": 2, "a": 2}\n{"epoch": 1, "a": 3}\n{"epoch": 3, "a')
