@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from trady_jax import ops
+from trady_jax.selection import PAD
 from trady_jax.layers import explicit_padding
 
 CASES = {
@@ -115,3 +116,21 @@ def test_relu_masks_are_bit_packed_and_plain_mode_saves_floats():
     res_plain = jax.tree.leaves(jax.vjp(ops.relu6, x)[1])
   assert all(r.dtype != jnp.uint8 for r in res_plain)
   np.testing.assert_array_equal(jax.grad(lambda x: jnp.sum(ops.relu6(x) ** 2))(x), g_plain)
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_output_channel_grads_equal_dense(name):
+  """Velocity's unit: ``dW[..., out_idx]`` equals dense autodiff there, zero elsewhere; a PAD
+  slot trains nothing; ``dL/dx`` is exact."""
+  x, w, cot, strides, padding, g = _setup(name)
+  cout = w.shape[-1]
+  idx = jnp.array([cout - 1, 0, 2, PAD], jnp.int32)
+  dense = jax.grad(lambda x, w: jnp.sum(ops.conv2d(x, w, strides, padding, g) * cot),
+                   argnums=(0, 1))(x, w)
+  sparse = jax.jit(jax.grad(
+      lambda x, w, i: jnp.sum(ops.output_selective_conv(x, w, i, strides, padding, g) * cot),
+      argnums=(0, 1)))(x, w, idx)
+  np.testing.assert_allclose(sparse[0], dense[0], rtol=1e-5, atol=1e-5)
+  out = np.array([cout - 1, 0, 2])
+  np.testing.assert_allclose(sparse[1][..., out], dense[1][..., out], rtol=1e-5, atol=1e-5)
+  assert np.all(np.delete(np.asarray(sparse[1]), out, axis=-1) == 0)

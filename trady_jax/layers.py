@@ -8,6 +8,8 @@ Each layer reads its own leaves of the optional ``'selection'`` variable collect
 * no ``'selection'`` collection: a plain, fully differentiable layer (inference, full fine-tuning);
 * ``Channels``: the kernel goes through ``ops.selective_conv`` / ``ops.selective_dense``, which
   store only ``x[..., idx]`` and compute the kernel gradient only for those channels;
+* ``OutputChannels``: ``ops.output_selective_conv`` (the whole input stored, the kernel gradient
+  of the selected output channels only);
 * ``FROZEN``: the parameter is wrapped in ``stop_gradient``; the layer still passes the input
   gradient on (which needs only the kernel), and stores no input activation;
 * ``ALL``: trained whole, plain autodiff.
@@ -82,7 +84,9 @@ class SelectiveConv(nn.Module):
     kernel, s = _gate(self, "kernel", self.param("kernel", self.kernel_init, kshape))
     strides = tuple(self.strides)
     padding = explicit_padding(self.kernel_size, self.padding)
-    if isinstance(s, sel.Channels):
+    if isinstance(s, sel.OutputChannels):
+      y = ops.output_selective_conv(x, kernel, s.idx, strides, padding, g)
+    elif isinstance(s, sel.Channels):
       y = ops.selective_conv(x, kernel, s.idx, strides, padding, g)
     else:
       y = ops.conv2d(x, kernel, strides, padding, g)

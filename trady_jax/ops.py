@@ -145,6 +145,49 @@ def _selective_conv_bwd(strides, padding, groups, residuals, g):
 selective_conv.defvjp(_selective_conv_fwd, _selective_conv_bwd)
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
+def output_selective_conv(x: jax.Array, kernel: jax.Array, out_idx: jax.Array,
+                          strides: tuple[int, int], padding: Padding, groups: int) -> jax.Array:
+  """Convolution whose kernel gradient exists only for output channels ``out_idx`` (neurons).
+
+  The unit of WACV-24 Velocity: ``dL/dW[..., o] = conv_weight_grad(x, dL/dy[..., o])`` needs every
+  input channel feeding ``o``, so the forward saves the whole input ``x`` (the reason the papers
+  report only 20-40 % activation sparsity for Velocity); the backward computes the weight gradient
+  of the ``k`` selected output channels alone and the full ``dL/dx``. Arguments as
+  ``selective_conv``; ``PAD`` slots of ``out_idx`` get no gradient.
+  """
+  return conv2d(x, kernel, strides, padding, groups)
+
+
+def _output_selective_conv_fwd(x, kernel, out_idx, strides, padding, groups):
+  _check_groups(kernel.shape, groups)
+  return conv2d(x, kernel, strides, padding, groups), (x, kernel, out_idx)
+
+
+def _output_selective_conv_bwd(strides, padding, groups, residuals, g):
+  x, kernel, out_idx = residuals
+  kh, kw, cin_per_group, cout = kernel.shape
+  depthwise_kind = conv_kind(kernel.shape, groups) == "depthwise"
+  if depthwise_kind:
+    dx = depthwise.input_grad(g, kernel, x.shape, strides, padding)
+  else:
+    (dx,) = jax.linear_transpose(lambda x: conv2d(x, kernel, strides, padding, groups),
+                                 jax.ShapeDtypeStruct(x.shape, x.dtype))(g)
+  if out_idx.shape[0] == 0:
+    return dx, jnp.zeros_like(kernel), None
+  g_sel = _gather(g, out_idx)
+  if depthwise_kind:  # output channel o reads input channel o // multiplier only
+    x_sel = _gather(x, out_idx // (cout // groups))
+    dw_sel = depthwise.weight_grad(x_sel, g_sel, (kh, kw), strides, padding, selected=True)
+  else:
+    w_aval = jax.ShapeDtypeStruct((kh, kw, cin_per_group, out_idx.shape[0]), kernel.dtype)
+    (dw_sel,) = jax.linear_transpose(lambda w: conv2d(x, w, strides, padding, 1), w_aval)(g_sel)
+  return dx, jnp.zeros_like(kernel).at[..., out_idx].set(dw_sel, mode="drop"), None
+
+
+output_selective_conv.defvjp(_output_selective_conv_fwd, _output_selective_conv_bwd)
+
+
 @jax.custom_vjp
 def selective_dense(x: jax.Array, kernel: jax.Array, idx: jax.Array) -> jax.Array:
   """``x @ kernel`` whose kernel gradient exists only for input features ``idx``.

@@ -5,7 +5,9 @@ A selection mirrors the parameter pytree leaf for leaf. Each leaf is one of
 * ``FROZEN`` (``optax.MaskedNode()``): the leaf is not trained; the layer stops its gradient;
 * ``ALL`` (``AllChannels()``): the leaf is trained whole (the classifier, always);
 * ``Channels(idx, axis, multiplier)``: only input channels ``idx`` (int32, static length) of a kernel
-  are trained; the selective layer stores only those channels' activations.
+  are trained; the selective layer stores only those channels' activations;
+* ``OutputChannels(idx)``: only output channels ``idx`` of a conv kernel are trained (Velocity);
+  the layer stores its whole input.
 
 ``FROZEN`` and ``ALL`` are childless pytree nodes, so they are part of the tree *structure*; the
 ``idx`` arrays are the only data. Two selections with the same structure and the same per-layer
@@ -68,6 +70,14 @@ class Channels:
     view = [1] * len(shape)
     view[self.axis] = shape[self.axis]
     return m.reshape(view)
+
+
+@flax.struct.dataclass
+class OutputChannels(Channels):
+  """Selected output channels (neurons, WACV-24 Velocity) of one conv kernel: the last kernel
+  axis, so ``mask`` and ``sparse_update`` restrict the update to ``W[..., idx]``. The layer keeps
+  its whole input for the backward pass (``ops.output_selective_conv``)."""
+  axis: int = flax.struct.field(pytree_node=False, default=-1)
 
 
 def is_marker(x: Any) -> bool:

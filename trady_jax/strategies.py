@@ -28,7 +28,7 @@ from typing import Any, Callable, Mapping, Sequence
 import jax
 import jax.numpy as jnp
 
-from trady_jax import ranking, samplers
+from trady_jax import ranking, samplers, velocity
 from trady_jax import selection as sel
 from trady_jax.costs import NetworkCosts
 
@@ -41,7 +41,9 @@ class Strategy:
   name: str
   pool: str      # 'all' | 'rgn' (top-K share of layer RGN) | 'lara' (alpha rule) | 'su' | 'full'
   rule: str      # 'uniform' | 'medyate' | 'det_rgn' | 'det_raw' | 'prob_raw' | 'scheme' | 'full'
+  #                | 'velocity' (output neurons by NEq velocity, ``velocity``)
   dynamic: bool  # redraw every epoch (True) or once at the start (False)
+  boost: bool = False  # LaRa-weighted channels instead of uniform ones (MeDyate A.2)
 
   @property
   def needs_ranking(self) -> bool:
@@ -67,6 +69,9 @@ REGISTRY: dict[str, Strategy] = {s.name: s for s in [
     Strategy("lara-det-raw", "lara", "det_raw", True),
     Strategy("lara-prob-raw", "lara", "prob_raw", True),
     Strategy("prev-medyate", "rgn", "medyate", True),
+    Strategy("boosted-trady", "rgn", "uniform", True, boost=True),
+    Strategy("boosted-medyate", "lara", "medyate", True, boost=True),
+    Strategy("velocity", "all", "velocity", True),
 ]}
 
 
@@ -100,15 +105,16 @@ class Selector:
   ``state`` is a pytree of arrays (MeDyate's norm vector), so it is checkpointed with the run.
   ``oracle`` (for Det RGN / Prob Raw) maps params to ``{path: (C_in,) channel gradient norms}``
   of the full gradient. ``scheme_counts`` / ``scheme_biases``: an SU scheme's channels per layer
-  and its bias leaves (``models.schemes``).
+  and its bias leaves (``models.schemes``). ``neq``: Velocity's NEq measurements
+  (``velocity.NEq``).
   """
 
   def __init__(self, strategy: Strategy, template: PyTree, costs: NetworkCosts, budget: int, *,
                ranking_doc: Mapping | None = None, scheme_counts: Mapping[str, int] | None = None,
                share: float = 0.97, alpha: float = 0.2, allocation: str = "padded",
                oracle: Callable[[PyTree], Mapping[str, jax.Array]] | None = None,
-               scheme_biases: Sequence[str] = ()):
-    self.strategy, self.costs, self.oracle = strategy, costs, oracle
+               scheme_biases: Sequence[str] = (), neq: velocity.NEq | None = None):
+    self.strategy, self.costs, self.oracle, self.neq = strategy, costs, oracle, neq
     self.scheme_counts, self.scheme_biases, self.template = scheme_counts, scheme_biases, template
     self.sampler = None
     if strategy.rule == "full":
@@ -118,9 +124,17 @@ class Selector:
         raise ValueError("strategy 'su' needs the scheme's per-layer channel counts")
       return
     paths = candidate_layers(strategy, costs, budget, ranking_doc, share=share, alpha=alpha)
-    make = {"uniform": samplers.uniform, "medyate": samplers.weighted,
+    make = {"uniform": samplers.weighted if strategy.boost else samplers.uniform,
+            "medyate": samplers.weighted,
             "prob_raw": samplers.weighted}.get(strategy.rule, samplers.deterministic)
-    sampler = make(template, costs, budget, paths, allocation=allocation)
+    pool = velocity.output_costs(costs) if strategy.rule == "velocity" else costs
+    if strategy.rule == "velocity" and neq is None:
+      raise ValueError("strategy 'velocity' needs NEq measurements (velocity.NEq)")
+    sampler = make(template, pool, budget, paths, allocation=allocation)
+    # Boosting: a channel's weight is its layer's LaRa (Eq. 9), for every channel of the layer.
+    self.lara = None if not strategy.boost else jnp.maximum(samplers.pool_vector(sampler, {
+        l.path: jnp.full((l.in_channels,), ranking_doc["lara"][l.path]) for l in sampler.layers}),
+        jnp.finfo(jnp.float32).tiny)
     if strategy.needs_oracle and oracle is None:
       raise ValueError(f"strategy {strategy.name!r} needs an oracle (full-gradient norms)")
     # Padded capacities come from the first selection's weights (``select``), then only grow.
@@ -152,8 +166,39 @@ class Selector:
 
   def init_state(self) -> dict:
     if self.strategy.rule == "medyate":
-      return samplers.medyate_init(self.sampler)
+      state = samplers.medyate_init(self.sampler)
+      return state if self.lara is None else {**state, "norms": self.lara}
+    if self.strategy.rule == "velocity":
+      return self.neq.init_state()
     return {}
+
+  def measure(self, state: dict, params: PyTree, batch_stats: PyTree | None = None) -> dict:
+    """Before an epoch's selection: Velocity's NEq measurement of the current network (other
+    strategies: ``state`` unchanged)."""
+    if self.strategy.rule != "velocity":
+      return state
+    variables = {"params": params}
+    if batch_stats is not None:
+      variables["batch_stats"] = batch_stats
+    return self.neq.observe(state, variables)
+
+  def weights(self, key: jax.Array, epoch: int, params: PyTree, state: dict) -> jax.Array | None:
+    """The sampler's per-channel weights over the pool for ``epoch`` (``None``: uniform)."""
+    rule = self.strategy.rule
+    if rule == "medyate":
+      return state["norms"]
+    if rule == "velocity":  # random neurons until a velocity exists (two measurements)
+      if int(state["measured"]) >= 2:
+        return velocity.scores(state, self.sampler.layers)
+      return jax.random.uniform(jax.random.fold_in(key, epoch + (1 << 20)),
+                                (self.sampler.num_channels,))
+    if self.strategy.needs_oracle:
+      norms = self.oracle(params)
+      if rule == "det_rgn":
+        norms = ranking.rgn(norms, self.costs)
+      weights = samplers.pool_vector(self.sampler, norms)
+      return jnp.maximum(weights, jnp.finfo(jnp.float32).tiny) if rule == "prob_raw" else weights
+    return self.lara
 
   def select(self, key: jax.Array, epoch: int, params: PyTree, state: dict) -> PyTree | None:
     """The selection for ``epoch`` (``None`` = full fine-tuning)."""
@@ -163,16 +208,7 @@ class Selector:
     if rule == "scheme":
       return samplers.fixed_scheme(self.template, self.costs, self.scheme_counts, params,
                                    biases=self.scheme_biases)
-    weights = None
-    if rule == "medyate":
-      weights = state["norms"]
-    elif self.strategy.needs_oracle:
-      norms = self.oracle(params)
-      if rule == "det_rgn":
-        norms = ranking.rgn(norms, self.costs)
-      weights = samplers.pool_vector(self.sampler, norms)
-      if rule == "prob_raw":
-        weights = jnp.maximum(weights, jnp.finfo(jnp.float32).tiny)
+    weights = self.weights(key, epoch, params, state)
     key = jax.random.fold_in(key, epoch)
     if self.sampler.capacity is None:
       return self._draw(key, weights)[0]
@@ -201,4 +237,7 @@ def selection_summary(selection: PyTree | None, costs: NetworkCosts) -> dict[str
   """Budget use and sparsity metrics of a selection (full fine-tuning: everything)."""
   if selection is None:
     return costs.usage({l.path: l.in_channels for l in costs.convs})
+  if any(isinstance(s, sel.OutputChannels) for s in jax.tree.leaves(selection,
+                                                                     is_leaf=sel.is_marker)):
+    return velocity.usage(selection, costs)
   return costs.usage({p: k for p, k in sel.counts(selection).items() if costs[p].charged})

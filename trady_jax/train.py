@@ -22,7 +22,7 @@ import optax
 from tqdm.auto import tqdm
 
 from trady_jax import (batchnorm, checkpoint, parallel, ranking, results, step_metrics, steps,
-                       strategies, workdir, xla)
+                       strategies, velocity, workdir, xla)
 from trady_jax import selection as sel
 from trady_jax.config import Config, ConfigError
 from trady_jax.costs import NetworkCosts, trace
@@ -104,6 +104,9 @@ class Run:
     self.model, self.params0 = model, params
     # BN running statistics (None: BN folded); carried through steps, checkpoints, evaluation.
     self.batch_stats0 = self.batch_stats = batch_stats
+    neq_source = None
+    if strategies.get(cfg.strategy).rule == "velocity":  # NEq's images, out of the training split
+      train_source, neq_source = velocity.held_out(train_source, seed=cfg.seed)
     self.train_source, self.test_source, self.batches = train_source, test_source, batches
     self.costs = trace(model, (1, cfg.image_size, cfg.image_size, 3))
     self.strategy = strategies.get(cfg.strategy)
@@ -125,7 +128,9 @@ class Run:
     self.selector = strategies.Selector(
         self.strategy, params, self.costs, cfg.budget, ranking_doc=ranking_doc,
         scheme_counts=scheme_counts, share=cfg.topk_share, alpha=cfg.alpha,
-        allocation=cfg.allocation, oracle=oracle, scheme_biases=scheme_biases)
+        allocation=cfg.allocation, oracle=oracle, scheme_biases=scheme_biases,
+        neq=None if neq_source is None else velocity.from_source(
+            model, self.costs, neq_source, batches, params, batch_stats, seed=cfg.seed))
     track = self.strategy.rule == "medyate"
     train_step = steps.make_train_step(model, self.tx, costs=self.costs,
                                        norm_paths=self.selector.layers if track else (),
@@ -244,6 +249,7 @@ class Run:
       self._events = step_metrics.EventWriter(self.workdir / "events")
     for epoch in range(start, total_epochs):
       self._epoch = epoch
+      sampler_state = self.selector.measure(sampler_state, params, self.batch_stats)  # Velocity
       if epoch == 0 or self.strategy.dynamic:
         selection = self.selector.select(self.sampler_key, epoch, params, sampler_state)
       usage = strategies.selection_summary(selection, self.costs)
