@@ -17,7 +17,8 @@ from trady_jax import checkpoint, ranking, rankings, strategies, train, workdir 
 from trady_jax import costs as costs_lib  # noqa: E402
 from trady_jax.config import ConfigError  # noqa: E402
 from trady_jax.data.folder import ImageError  # noqa: E402
-from trady_jax.models import registry, schemes  # noqa: E402
+from trady_jax import models  # noqa: E402
+from trady_jax.models import schemes  # noqa: E402
 from trady_jax.models.tiny import TinyCNN  # noqa: E402
 from trady_jax.paper import BUDGET_SCHEMES, BUDGETS  # noqa: E402
 
@@ -33,22 +34,22 @@ def load_model(arch: str, num_classes: int, *, pretrained: bool = True, weights_
 def load_network(arch: str, num_classes: int, *, bn: str = "folded", calibration=None,
                  pretrained: bool = True, weights_dir: str = "", seed: int = 0,
                  image_size: int = 128, download: bool = False):
-  """``(registry.Network, pretrained_loaded)``: pretrained weights when found (local copies
+  """``(models.Network, pretrained_loaded)``: pretrained weights when found (local copies
   first, then, with ``download``, the public ones), else random weights, loudly. ``calibration``:
-  training-image batches that restore BN in BN-folded weights (``registry.load_network``)."""
+  training-image batches that restore BN in BN-folded weights (``models.load_network``)."""
   if arch == "tiny":
     m = TinyCNN(num_classes=num_classes, bn=bn)
     v = m.init(jax.random.key(seed), jnp.zeros((1, image_size, image_size, 3)))
     fresh = tuple(k for k in v["params"] if k != "classifier")
-    return registry.Network(m, v["params"], v.get("batch_stats"), fresh, ""), False
+    return models.Network(m, v["params"], v.get("batch_stats"), fresh, ""), False
   if pretrained:
     try:
-      return registry.load_network(arch, num_classes, bn=bn, calibration=calibration,
-                                   weights_dir=weights_dir or None, seed=seed,
-                                   download=download), True
+      return models.load_network(arch, num_classes, bn=bn, calibration=calibration,
+                                 weights_dir=weights_dir or None, seed=seed,
+                                 download=download), True
     except (FileNotFoundError, OSError) as e:
       print(f"WARNING: {e}\nWARNING: continuing with randomly initialised weights", flush=True)
-  return registry.load_network(arch, num_classes, bn=bn, pretrained=False, seed=seed), False
+  return models.load_network(arch, num_classes, bn=bn, pretrained=False, seed=seed), False
 
 
 def load_ranking(arch: str, path: str = "", costs=None):
@@ -84,8 +85,8 @@ def check_config(cfg) -> None:
   folders, ranking, SU scheme over budget), before any data or weights are loaded."""
   from trady_jax import data
   cfg.validate()
-  if cfg.arch != "tiny" and cfg.arch not in registry.NAMES:
-    raise ConfigError(f"--arch {cfg.arch!r}: unknown; known: tiny, {', '.join(registry.NAMES)}")
+  if cfg.arch != "tiny" and cfg.arch not in models.NAMES:
+    raise ConfigError(f"--arch {cfg.arch!r}: unknown; known: tiny, {', '.join(models.NAMES)}")
   name = cfg.dataset
   if name.startswith("folder:"):
     root = Path(cfg.data_dir or name.split(":", 1)[1])
@@ -114,7 +115,7 @@ def check_config(cfg) -> None:
     if cfg.arch not in schemes.SCHEMES:
       raise ConfigError(f"strategy 'su' needs a Sparse Update scheme; {cfg.arch} has none "
                         f"(known: {', '.join(schemes.SCHEMES)})")
-    model = registry.build_model(cfg.arch, 10)  # the classifier is in no scheme
+    model = models.build_model(cfg.arch, 10)  # the classifier is in no scheme
     net = costs_lib.trace(model, (1, cfg.image_size, cfg.image_size, 3))
     check_scheme_budget(cfg, net.usage(schemes.scheme_counts(cfg.arch, cfg.su_scheme, net))[
         "units"])

@@ -22,7 +22,8 @@ import sys
 import numpy as np
 
 from trady_jax import batchnorm, costs
-from trady_jax.models import registry, schemes
+from trady_jax import models
+from trady_jax.models import schemes
 
 
 def budget_summary(net: costs.NetworkCosts, budget: int) -> dict:
@@ -40,7 +41,7 @@ def budget_summary(net: costs.NetworkCosts, budget: int) -> dict:
 def report(arch: str, input_size: int = 128, feature_mix: bool = True,
            budget: int | None = None) -> tuple[costs.NetworkCosts, dict]:
   """The traced costs and the JSON summary."""
-  model = registry.build_model(arch, 10, feature_mix=feature_mix, bn="train")
+  model = models.build_model(arch, 10, feature_mix=feature_mix, bn="train")
   net = costs.trace(model, (1, input_size, input_size, 3))
   t = net.totals()
   out = {"arch": arch, "input": [input_size, input_size], "feature_mix": feature_mix,
@@ -59,7 +60,7 @@ def report(arch: str, input_size: int = 128, feature_mix: bool = True,
 
 def main(argv=None) -> dict:
   ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  ap.add_argument("--arch", required=True, choices=list(registry.NAMES))
+  ap.add_argument("--arch", required=True, choices=list(models.NAMES))
   ap.add_argument("--input-size", type=int, default=128)
   ap.add_argument("--no-feature-mix", action="store_true",
                   help="leave out the final 1x1 conv of mbv2-w0.35 / proxyless-w0.3")

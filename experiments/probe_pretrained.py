@@ -28,7 +28,7 @@ from PIL import Image
 
 from trady_jax import data
 from trady_jax.data import CIFAR10_CLASSES as CLASSES
-from trady_jax.models import registry
+from trady_jax import models
 
 # ImageNet-1k indices matching a CIFAR-10 class.
 IMAGENET_MATCH = {
@@ -89,7 +89,7 @@ def main():
   ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   ap.add_argument("--data", default=str(data.find_cifar10_archive()),
                   help="the CIFAR-10 JPEG archive (default: the copy in the shared folder)")
-  ap.add_argument("--arch", default="mbv2-w0.35", choices=list(registry.MCU_NETS))
+  ap.add_argument("--arch", default="mbv2-w0.35", choices=list(models.MCU_NETS))
   ap.add_argument("--weights-dir", default=None)
   ap.add_argument("--train-per-class", type=int, default=200)
   ap.add_argument("--test-per-class", type=int, default=100)
@@ -110,9 +110,9 @@ def main():
   # Pooled block features: the int8 mbv2 / proxyless lack the feature-mix conv, so leave it out.
   kw = dict(weights_dir=args.weights_dir, feature_mix=False, imagenet_head=True)
   res = {"arch": args.arch, "n_train": len(x_train), "n_test": len(x_test)}
-  pre, pre_params = registry.load_model(args.arch, **kw)
-  rnd, rnd_params = registry.load_model(args.arch, 1000, pretrained=False, feature_mix=False,
-                                        seed=args.seed)
+  pre, pre_params = models.load_model(args.arch, **kw)
+  rnd, rnd_params = models.load_model(args.arch, 1000, pretrained=False, feature_mix=False,
+                                      seed=args.seed)
   feats = {}
   for name, (m, p) in {"pretrained": (pre, pre_params), "random": (rnd, rnd_params)}.items():
     t = time.time()

@@ -51,8 +51,8 @@ import numpy as np
 import optax
 
 import trady_jax
-from trady_jax import costs, data, ranking, rankings, samplers, selection, steps, xla
-from trady_jax.models import registry
+from trady_jax import (costs, data, models, paper, ranking, rankings, samplers, selection, steps,
+                       xla)
 from trady_jax.models.tiny import TinyCNN
 
 SMALL = os.environ.get("TRADY_NOTEBOOK_SMALL") == "1"
@@ -64,25 +64,26 @@ NUM_CLASSES = 10
 LEARNING_RATE = 0.05
 # TraDy's smallest mbv2-w0.35 budget (units at 128x128), and the same share of the network memory
 # for other models or image sizes.
-PAPER_BUDGET, PAPER_TOTAL = 27_946, 1_252_320
+PAPER_BUDGET, PAPER_TOTAL = paper.BUDGETS["mbv2-w0.35"][0], paper.BASELINE_UNITS["mbv2-w0.35"]
 print(f"SMALL={SMALL}: {IMAGE_SIZE}x{IMAGE_SIZE} images, batch {BATCH}, "
       f"{EPOCHS} epochs x {STEPS_PER_EPOCH} steps")
 
 # %% [markdown]
 # ## The model
 #
-# `registry.load_model` looks for the pretrained weights in `$TRADY_JAX_WEIGHTS`, in
-# `../shared/weights` and in the cache, and never downloads unless asked (`download=True`). Without
-# weights the notebook falls back to the small `TinyCNN`, randomly initialised.
+# `models.load_model` looks for the pretrained weights in `$TRADY_JAX_WEIGHTS`, in the shared
+# folder's `weights/` (`../shared/weights`) and in the cache, and never downloads unless asked
+# (`download=True`). Without weights the notebook falls back to the small `TinyCNN`, randomly
+# initialised.
 
 # %%
 try:
   with warnings.catch_warnings():
     warnings.simplefilter("ignore")  # the int8 weights lack the final feature-mix conv
-    model, params = registry.load_model("mbv2-w0.35", NUM_CLASSES,
-                                        weights_dir=os.environ.get("TRADY_JAX_WEIGHTS") or None)
+    model, params = models.load_model("mbv2-w0.35", NUM_CLASSES,
+                                      weights_dir=os.environ.get("TRADY_JAX_WEIGHTS") or None)
   MODEL_NAME = "mbv2-w0.35"
-  print("pretrained mbv2-w0.35 from", registry.find_weights("mbv2-w0.35").files[-1].parent,
+  print("pretrained mbv2-w0.35 from", models.find_weights("mbv2-w0.35").files[-1].parent,
         "(built without the feature-mix conv the int8 weights lack; fresh classifier)")
 except FileNotFoundError as err:
   print(f"no pretrained weights found ({str(err).splitlines()[0][:120]}...)")

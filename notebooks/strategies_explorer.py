@@ -5,6 +5,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -43,15 +45,14 @@ import jax
 import matplotlib.pyplot as plt
 import numpy as np
 
-from trady_jax import costs, ranking, rankings, samplers, selection
-from trady_jax.models import registry
+from trady_jax import costs, models, paper, ranking, rankings, samplers, selection
 
 SMALL = os.environ.get("TRADY_NOTEBOOK_SMALL") == "1"
 DRAWS = 100 if SMALL else 500
 EPOCHS = 10 if SMALL else 20
 SEEDS = 2 if SMALL else 5
-BUDGET = 27_946  # units: TraDy's smallest mbv2-w0.35 budget, about 2.2 % of the network
-ALPHA_OPT = 0.2  # MeDyate's target budget / search-space ratio
+BUDGET = paper.BUDGETS["mbv2-w0.35"][0]  # units: TraDy's smallest mbv2-w0.35 budget, about 2.2 %
+ALPHA_OPT = paper.ALPHA_OPT  # MeDyate's target budget / search-space ratio
 
 # %% [markdown]
 # ## Layer set
@@ -62,7 +63,7 @@ ALPHA_OPT = 0.2  # MeDyate's target budget / search-space ratio
 # when the package has one, otherwise the layers are taken deepest first.
 
 # %%
-model, params = registry.load_model("mbv2-w0.35", 10, pretrained=False)
+model, params = models.load_model("mbv2-w0.35", 10, pretrained=False)
 net = costs.trace(model, (1, 128, 128, 3))
 rank_file = rankings.default_path("mbv2-w0.35")
 if rank_file.exists():

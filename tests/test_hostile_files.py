@@ -20,7 +20,9 @@ from PIL import Image, ImageFile
 
 from trady_jax import data
 from trady_jax.data import folder
-from trady_jax.models import mcunet, registry, torch_file, weights
+from trady_jax import models
+from trady_jax.models import store
+from trady_jax.models.formats import files, int8, torch_file
 
 from test_models import tiny_int8, write_int8
 
@@ -135,7 +137,7 @@ def test_code_in_any_pickle_is_refused(tmp_path, case, layout):
   with pytest.raises(ValueError, match=str(path)):
     torch_file.load(path)
   with pytest.raises(ValueError, match="resnet18.pth"):
-    registry.load_model("resnet18", weights_dir=tmp_path)
+    models.load_model("resnet18", weights_dir=tmp_path)
   assert not marker.exists()
 
 
@@ -144,17 +146,17 @@ def test_crafted_zoo_file_in_the_cache_is_refused_and_never_preferred(tmp_path, 
   marker = tmp_path / "pwned"
   cache = tmp_path / "cache"
   cache.mkdir()
-  zoo = registry.MCU_NETS["mbv2-w0.35"][0]
+  zoo = models.MCU_NETS["mbv2-w0.35"][0]
   (cache / f"{zoo}.json").write_text("{}")
   _zip_pth(cache / f"{zoo}.pth", _code_pickles(marker)["reduce_p2"], {})
   monkeypatch.setenv("TRADY_JAX_CACHE", str(cache))
   monkeypatch.delenv("TRADY_JAX_WEIGHTS", raising=False)
-  found = registry.find_weights("mbv2-w0.35")
-  shipped = registry.shipped_dirs()
+  found = models.find_weights("mbv2-w0.35")
+  shipped = store.shipped_dirs()
   if any((d / "mbv2-w0.35.npz").is_file() for d in shipped):
     assert found.kind == "int8" and found.files[0].parent in shipped  # shipped beats the cache
   with pytest.raises(ValueError, match=f"{zoo}.pth"):
-    registry.load_model("mbv2-w0.35", source="zoo")
+    models.load_model("mbv2-w0.35", source="zoo")
   assert "not the shipped copy" in capsys.readouterr().err
   assert not marker.exists()
 
@@ -244,7 +246,7 @@ def test_zip_bomb_is_refused_before_inflating(tmp_path):
   with zipfile.ZipFile(bomb_npz, "w", zipfile.ZIP_DEFLATED) as z:
     z.writestr("a.npy", b"\0" * (48 << 20))
   with pytest.raises(ValueError, match="bomb.npz.*zip bomb"):
-    weights.read_npz(bomb_npz)
+    files.read_npz(bomb_npz)
 
 
 def test_npz_entries_that_overstate_their_size_or_hold_objects(tmp_path):
@@ -256,10 +258,10 @@ def test_npz_entries_that_overstate_their_size_or_hold_objects(tmp_path):
   with zipfile.ZipFile(path, "w") as z:
     z.writestr("a.npy", fixed[:-16])
   with pytest.raises(ValueError, match="liar.npz.*declares"):
-    weights.read_npz(path)
+    files.read_npz(path)
   np.savez(tmp_path / "objects.npz", a=np.array([{"x": 1}], dtype=object))
   with pytest.raises(ValueError, match="objects.npz.*Python objects"):
-    weights.read_npz(tmp_path / "objects.npz")
+    files.read_npz(tmp_path / "objects.npz")
 
 
 # ---------------------------------------------------------------- int8 weights and descriptions
@@ -294,7 +296,7 @@ def _set_q(path, key, value):
 def test_bad_x_scale_is_a_clear_error(tmp_path, edit, match):
   d = _int8_dir(tmp_path, edit_desc=edit)
   with pytest.raises(ValueError, match=match) as err:
-    registry.load_model("mcunet-in1", weights_dir=d, source="int8")
+    models.load_model("mcunet-in1", weights_dir=d, source="int8")
   assert "mcunet-in1.json" in str(err.value)
 
 
@@ -304,7 +306,7 @@ def test_nan_or_absurd_w_scales_are_refused(tmp_path, value):
     arrays["pw.s"][3] = value
   d = _int8_dir(tmp_path, edit_arrays=edit)
   with pytest.raises(ValueError, match="blocks_0/pointwise2: w_scales must be finite") as err:
-    registry.load_model("mcunet-in1", weights_dir=d, source="int8")
+    models.load_model("mcunet-in1", weights_dir=d, source="int8")
   assert "mcunet-in1.npz" in str(err.value)
 
 
@@ -312,14 +314,14 @@ def test_int8_arrays_of_the_wrong_kind_are_refused(tmp_path):
   def floats(arrays):
     arrays["dw.w"] = arrays["dw.w"].astype(np.float32)
   with pytest.raises(ValueError, match="dtype float32"):
-    registry.load_model("mcunet-in1", weights_dir=_int8_dir(tmp_path, edit_arrays=floats),
-                        source="int8")
+    models.load_model("mcunet-in1", weights_dir=_int8_dir(tmp_path, edit_arrays=floats),
+                      source="int8")
 
   def wide(arrays):
     arrays["dw.w"] = arrays["dw.w"].astype(np.int32) * 1000
   with pytest.raises(ValueError, match="not an int8"):
-    registry.load_model("mcunet-in1", weights_dir=_int8_dir(tmp_path, edit_arrays=wide),
-                        source="int8")
+    models.load_model("mcunet-in1", weights_dir=_int8_dir(tmp_path, edit_arrays=wide),
+                      source="int8")
 
 
 @pytest.mark.parametrize("edit,match", [
@@ -341,10 +343,10 @@ def test_cut_down_or_inconsistent_arch_json_is_refused(tmp_path, edit, match):
   desc, _ = tiny_int8(np.random.default_rng(0))
   edit(desc)
   with pytest.raises(ValueError, match=match):
-    mcunet.spec_from_description(desc)
+    int8.spec_from_description(desc)
   d = _int8_dir(tmp_path, edit_desc=edit)
   with pytest.raises(ValueError, match="mcunet-in1.json"):
-    registry.load_model("mcunet-in1", weights_dir=d, source="int8")
+    models.load_model("mcunet-in1", weights_dir=d, source="int8")
 
 
 def test_truncated_arch_json_names_the_file(tmp_path):
@@ -352,15 +354,15 @@ def test_truncated_arch_json_names_the_file(tmp_path):
   text = (d / "mcunet-in1.json").read_text()
   (d / "mcunet-in1.json").write_text(text[:len(text) // 2])
   with pytest.raises(ValueError, match="mcunet-in1.json is not valid JSON"):
-    registry.load_model("mcunet-in1", weights_dir=d, source="int8")
+    models.load_model("mcunet-in1", weights_dir=d, source="int8")
   (d / "mcunet-in1.json").write_text("[1, 2]")
   with pytest.raises(ValueError, match="mcunet-in1.json.*not a JSON object"):
-    registry.load_model("mcunet-in1", weights_dir=d, source="int8")
+    models.load_model("mcunet-in1", weights_dir=d, source="int8")
 
 
 def test_weights_from_elsewhere_are_announced(tmp_path, capsys):
   d = _int8_dir(tmp_path)
-  registry.load_model("mcunet-in1", 3, weights_dir=d, source="int8")
+  models.load_model("mcunet-in1", 3, weights_dir=d, source="int8")
   assert f"from {d / 'mcunet-in1.json'}" in capsys.readouterr().err
 
 

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from trady_jax import costs
-from trady_jax.models import registry, schemes
+from trady_jax import models
+from trady_jax.models import schemes
 from trady_jax.paper import BASELINE_UNITS, BUDGET_SCHEMES, BUDGETS
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
@@ -28,7 +29,7 @@ SCHEME_WEIGHTS = {"mbv2-w0.35": (22_410, 39_072, 55_920, 72_384, 81_792),
 
 @pytest.fixture(scope="module", params=list(TOTALS))
 def arch_costs(request):
-  model = registry.build_model(request.param, 10)
+  model = models.build_model(request.param, 10)
   return request.param, costs.trace(model, (1, 128, 128, 3))
 
 

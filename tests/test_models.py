@@ -12,7 +12,10 @@ import pytest
 from jax import lax
 
 from trady_jax import costs
-from trady_jax.models import mcunet, mobilenetv2, registry, weights
+from trady_jax import models
+from trady_jax.models import convert, mcunet, mobilenetv2, store
+from trady_jax.models import params as params_lib
+from trady_jax.models.formats import files, int8, torchvision, zoo
 
 MCU = ("mbv2-w0.35", "mcunet-in1", "proxyless-w0.3")
 
@@ -94,16 +97,16 @@ def write_int8(d: Path, name: str, desc, arrays):
 
 
 def test_activation_from_range():
-  assert mcunet.activation_from_range({"y_zero": -128, "y_scale": 6 / 255}) == "relu6"
-  assert mcunet.activation_from_range({"y_zero": -128, "y_scale": 2.35 / 255}) == "relu6"
-  assert mcunet.activation_from_range({"y_zero": -128, "y_scale": 0.1}) == "relu"
-  assert mcunet.activation_from_range({"y_zero": -4, "y_scale": 0.1}) is None
+  assert int8.activation_from_range({"y_zero": -128, "y_scale": 6 / 255}) == "relu6"
+  assert int8.activation_from_range({"y_zero": -128, "y_scale": 2.35 / 255}) == "relu6"
+  assert int8.activation_from_range({"y_zero": -128, "y_scale": 0.1}) == "relu"
+  assert int8.activation_from_range({"y_zero": -4, "y_scale": 0.1}) is None
 
 
 @pytest.mark.parametrize("name", MCU)
 def test_shipped_arch_activations(name):
   """ReLU6 after first_conv, pointwise1 and depthwise; pointwise2 linear (inverted residuals)."""
-  spec = mcunet.spec_from_description(mcunet.load_arch(name))
+  spec = int8.spec_from_description(int8.load_arch(name))
   assert spec.first_conv.act == "relu6"
   for b in spec.blocks:
     assert b.depthwise.act == "relu6" and b.pointwise2.act is None
@@ -114,10 +117,10 @@ def test_shipped_arch_activations(name):
 def test_int8_dequantisation():
   rng = np.random.default_rng(0)
   desc, arrays = tiny_int8(rng)
-  spec = mcunet.spec_from_description(desc)
-  params = weights.int8_params(mcunet.iter_entries(desc), arrays)
+  spec = int8.spec_from_description(desc)
+  params = int8.int8_params(int8.iter_entries(desc), arrays)
   model = mcunet.MCUNet(spec, 5)
-  weights.check_params(params, registry.param_shapes(model))
+  params_lib.check_params(params, params_lib.param_shapes(model))
   dw = params["blocks_0"]["depthwise"]
   assert dw["kernel"].shape == (3, 3, 1, 8)
   np.testing.assert_allclose(dw["kernel"][1, 2, 0, 5],
@@ -133,34 +136,34 @@ def test_int8_dequantisation():
 
 def test_int8_errors(tmp_path):
   desc, arrays = tiny_int8(np.random.default_rng(1))
-  entries = list(mcunet.iter_entries(desc))
+  entries = list(int8.iter_entries(desc))
   bad = dict(arrays, **{"dw.w": arrays["dw.w"][:, :, :2]})
   with pytest.raises(ValueError, match="blocks_0/depthwise"):
-    weights.int8_params(entries, bad)
+    int8.int8_params(entries, bad)
   with pytest.raises(KeyError, match="blocks_0/pointwise2"):
-    weights.int8_params(entries, {k: v for k, v in arrays.items() if k != "pw.s"})
+    int8.int8_params(entries, {k: v for k, v in arrays.items() if k != "pw.s"})
   with pytest.raises(FileNotFoundError, match="nothing.npz"):
-    weights.read_npz(tmp_path / "nothing.npz")
+    files.read_npz(tmp_path / "nothing.npz")
   (tmp_path / "broken.npz").write_bytes(b"not a zip archive")
   with pytest.raises(ValueError, match="not a readable .npz"):
-    weights.read_npz(tmp_path / "broken.npz")
+    files.read_npz(tmp_path / "broken.npz")
   (tmp_path / "broken.json").write_text("{")
   with pytest.raises(ValueError, match="not valid JSON"):
-    weights.read_json(tmp_path / "broken.json")
+    files.read_json(tmp_path / "broken.json")
   with pytest.raises(ValueError, match="lacks"):
-    mcunet.spec_from_description({"blocks": []})
+    int8.spec_from_description({"blocks": []})
 
 
 def test_load_model_from_dir_warns_on_fresh_feature_mix(tmp_path):
   desc, arrays = tiny_int8(np.random.default_rng(2))
   write_int8(tmp_path, "mbv2-w0.35", desc, arrays)
   with pytest.warns(UserWarning, match="no feature-mix conv; the network is built without it"):
-    net = registry.load_network("mbv2-w0.35", 7, weights_dir=tmp_path, source="int8")
+    net = models.load_network("mbv2-w0.35", 7, weights_dir=tmp_path, source="int8")
   assert "feature_mix" not in net.params and net.random_init_layers == ()
   assert net.params["classifier"]["kernel"].shape == (8, 7)
   with pytest.warns(UserWarning, match="feature-mix.*8->448.*freshly initialised"):
-    net = registry.load_network("mbv2-w0.35", 7, weights_dir=tmp_path, source="int8",
-                                feature_mix=True)
+    net = models.load_network("mbv2-w0.35", 7, weights_dir=tmp_path, source="int8",
+                              feature_mix=True)
   assert net.random_init_layers == ("feature_mix",)
   params = net.params
   assert params["feature_mix"]["kernel"].shape == (1, 1, 8, 448)
@@ -168,25 +171,25 @@ def test_load_model_from_dir_warns_on_fresh_feature_mix(tmp_path):
   np.testing.assert_array_equal(params["blocks_0"]["pointwise2"]["bias"],
                                 np.float32(arrays["pw.b"] * 0.02 * arrays["pw.s"]))
   with pytest.raises(ValueError, match="feature_mix=False"):
-    registry.load_model("mbv2-w0.35", weights_dir=tmp_path, source="int8", imagenet_head=True,
-                        feature_mix=True)
-  model, params = registry.load_model("mbv2-w0.35", weights_dir=tmp_path, source="int8",
-                                      feature_mix=False, imagenet_head=True)
+    models.load_model("mbv2-w0.35", weights_dir=tmp_path, source="int8", imagenet_head=True,
+                      feature_mix=True)
+  model, params = models.load_model("mbv2-w0.35", weights_dir=tmp_path, source="int8",
+                                    feature_mix=False, imagenet_head=True)
   np.testing.assert_allclose(params["classifier"]["bias"], arrays["cls.b"] * 0.02 * arrays["cls.s"],
                              rtol=1e-6)
   with pytest.raises(FileNotFoundError, match="download=True"):
-    registry.load_model("mcunet-in1", weights_dir=tmp_path)
+    models.load_model("mcunet-in1", weights_dir=tmp_path)
 
 
 def test_int8_weights_get_batchnorm_back_by_calibration(tmp_path):
   desc, arrays = tiny_int8(np.random.default_rng(2))
   write_int8(tmp_path, "mbv2-w0.35", desc, arrays)
   kw = dict(weights_dir=tmp_path, source="int8", imagenet_head=True)
-  folded = registry.load_network("mbv2-w0.35", **kw)
+  folded = models.load_network("mbv2-w0.35", **kw)
   calib = [np.random.default_rng(3).uniform(-1, 1, (8, 32, 32, 3)).astype(np.float32)]
   with pytest.raises(ValueError, match="calibration images"):
-    registry.load_network("mbv2-w0.35", bn="train", **kw)
-  net = registry.load_network("mbv2-w0.35", bn="train", calibration=calib, **kw)
+    models.load_network("mbv2-w0.35", bn="train", **kw)
+  net = models.load_network("mbv2-w0.35", bn="train", calibration=calib, **kw)
   assert net.module.bn == "train" and net.random_init_layers == () and folded.batch_stats is None
   x = np.random.default_rng(4).uniform(-1, 1, (2, 32, 32, 3)).astype(np.float32)
   got = net.module.apply({"params": net.params, "batch_stats": net.batch_stats}, x)
@@ -196,25 +199,25 @@ def test_int8_weights_get_batchnorm_back_by_calibration(tmp_path):
 def test_registry_lookup_and_download(tmp_path, monkeypatch):
   monkeypatch.setenv("TRADY_JAX_WEIGHTS", str(tmp_path / "w"))
   monkeypatch.setenv("TRADY_JAX_CACHE", str(tmp_path / "cache"))
-  dirs = registry.search_dirs()
+  dirs = store.search_dirs()
   assert dirs[0] == (tmp_path / "w").resolve() and dirs[-1] == (tmp_path / "cache").resolve()
-  assert registry.search_dirs(tmp_path) == [tmp_path]
-  assert registry.find_weights("mcunet-in1", tmp_path) is None
+  assert store.search_dirs(tmp_path) == [tmp_path]
+  assert models.find_weights("mcunet-in1", tmp_path) is None
   with pytest.raises(KeyError, match="known"):
-    registry.load_model("resnet19")
+    models.load_model("resnet19")
   urls = []
 
   def fake_urlopen(url, timeout):
     urls.append(url)
     return io.BytesIO(b"payload")
 
-  monkeypatch.setattr(registry.urllib.request, "urlopen", fake_urlopen)
-  found = registry.download_weights("mcunet-in1")
-  assert urls == [registry.ZOO_URL + "mcunet-5fps_imagenet.json",
-                  registry.ZOO_URL + "mcunet-5fps_imagenet.pth"]
+  monkeypatch.setattr(store.urllib.request, "urlopen", fake_urlopen)
+  found = store.download_weights("mcunet-in1")
+  assert urls == [store.ZOO_URL + "mcunet-5fps_imagenet.json",
+                  store.ZOO_URL + "mcunet-5fps_imagenet.pth"]
   assert found.kind == "zoo" and all(f.parent == tmp_path / "cache" for f in found.files)
-  assert registry.find_weights("mcunet-in1", source="zoo") == found
-  registry.download_weights("mcunet-in1")  # cached: no second fetch
+  assert models.find_weights("mcunet-in1", source="zoo") == found
+  store.download_weights("mcunet-in1")  # cached: no second fetch
   assert len(urls) == 2
 
 
@@ -222,7 +225,7 @@ def test_registry_lookup_and_download(tmp_path, monkeypatch):
                                         ("proxyless-w0.3", 61), ("resnet18", 20),
                                         ("resnet50", 53), ("mobilenetv2", 52)])
 def test_build_models(name, convs):
-  model = registry.build_model(name, 10)
+  model = models.build_model(name, 10)
   net = costs.trace(model, (1, 64, 64, 3))
   assert len(net.convs) == convs
   assert net.layers[-1].path == "classifier/kernel" and net.layers[-1].out_channels == 10
@@ -239,7 +242,7 @@ def test_fold_bn_exact(groups):
   x = rng.normal(size=(2, 6, 9, 9))
   want = ref_bn(ref_conv(x, sd["w"], 2, groups) + sd["b"][None, :, None, None], sd, "bn", 1e-3)
   bn = (sd[f"bn.{n}"] for n in ("weight", "bias", "running_mean", "running_var"))
-  w, b = weights.fold_bn(sd["w"], *bn, eps=1e-3, bias=sd["b"])
+  w, b = convert.fold_bn(sd["w"], *bn, eps=1e-3, bias=sd["b"])
   np.testing.assert_allclose(ref_conv(x, w, 2, groups) + b[None, :, None, None], want, atol=1e-5)
 
 
@@ -247,9 +250,9 @@ def test_fold_input_norm_interior():
   rng = np.random.default_rng(4)
   w, b = rng.normal(size=(4, 3, 3, 3)), rng.normal(size=4)
   x = rng.uniform(-1, 1, (1, 3, 12, 12))
-  mean, std = np.array(weights.IMAGENET_MEAN), np.array(weights.IMAGENET_STD)
+  mean, std = np.array(convert.IMAGENET_MEAN), np.array(convert.IMAGENET_STD)
   want = ref_conv((0.5 * x + 0.5 - mean[:, None, None]) / std[:, None, None], w) + b[:, None, None]
-  k, c = weights.fold_input_norm(weights.to_hwio(w), b)
+  k, c = convert.fold_input_norm(convert.to_hwio(w), b)
   got = ref_conv(x, np.transpose(k, (3, 2, 0, 1))) + c[:, None, None]
   np.testing.assert_allclose(got[..., 1:-1, 1:-1], want[..., 1:-1, 1:-1], atol=1e-4)
 
@@ -320,7 +323,7 @@ def zoo_reference(cfg, sd, x, eps):
 @pytest.fixture(scope="module")
 def zoo_net():
   """A 4-block slice of mbv2-w0.35 with its feature mix, as zoo config + random BN state dict."""
-  full = mcunet.spec_from_description(mcunet.load_arch("mbv2-w0.35"), feature_mix=448)
+  full = int8.spec_from_description(int8.load_arch("mbv2-w0.35"), feature_mix=448)
   spec = dataclasses.replace(full, blocks=full.blocks[:4],
                              feature_mix=mcunet.Conv(16, 64, act="relu6"), added_feature_mix=False)
   cfg = zoo_config(spec, eps=1e-3)
@@ -329,31 +332,31 @@ def zoo_net():
 
 def test_zoo_config_and_bn_folding(zoo_net):
   spec, cfg, sd = zoo_net
-  parsed = mcunet.spec_from_zoo_config(cfg)
+  parsed = zoo.spec_from_zoo_config(cfg)
   assert parsed.blocks == spec.blocks and parsed.first_conv == spec.first_conv
   assert parsed.feature_mix == spec.feature_mix and parsed.resolution == 144
-  params = weights.convert_state_dict(sd, mcunet.zoo_key_map(parsed), eps=1e-3)
+  params = convert.convert_state_dict(sd, zoo.zoo_key_map(parsed), eps=1e-3)
   model = mcunet.MCUNet(parsed, 1000)
-  weights.check_params(params, registry.param_shapes(model))
+  params_lib.check_params(params, params_lib.param_shapes(model))
   x = np.random.default_rng(6).uniform(-1, 1, (2, 32, 32, 3))
   want = zoo_reference(cfg, sd, x, 1e-3)
   assert_close(apply(model, params, x), want, rtol=1e-4)
   bad = dict(sd)
   bad["blocks.2.mobile_inverted_conv.depth_conv.conv.weight"] = np.zeros((48, 1, 5, 5))
   with pytest.raises(ValueError, match="blocks_2/depthwise"):
-    weights.check_params(weights.convert_state_dict(bad, mcunet.zoo_key_map(parsed)),
-                         registry.param_shapes(model))
+    params_lib.check_params(convert.convert_state_dict(bad, zoo.zoo_key_map(parsed)),
+                            params_lib.param_shapes(model))
   with pytest.raises(KeyError, match="blocks_1/pointwise2"):
-    weights.convert_state_dict({k: v for k, v in sd.items() if ".1.mobile_inverted_conv.point_"
-                                not in k}, mcunet.zoo_key_map(parsed))
+    convert.convert_state_dict({k: v for k, v in sd.items() if ".1.mobile_inverted_conv.point_"
+                                not in k}, zoo.zoo_key_map(parsed))
 
 
 def test_zoo_bn_kept_is_the_reference_network(zoo_net):
   """fp32 zoo weights with BatchNorm unfolded: evaluation mode computes the zoo network."""
   spec, cfg, sd = zoo_net
-  parsed = mcunet.spec_from_zoo_config(cfg)
-  params, stats = weights.split_bn(
-      weights.convert_state_dict(sd, mcunet.zoo_key_map(parsed), eps=1e-3, keep_bn=True))
+  parsed = zoo.spec_from_zoo_config(cfg)
+  params, stats = params_lib.split_bn(
+      convert.convert_state_dict(sd, zoo.zoo_key_map(parsed), eps=1e-3, keep_bn=True))
   model = mcunet.MCUNet(parsed, 1000, bn="train")
   assert "bias" not in params["first_conv"] and set(stats["first_conv"]["bn"]) == {"mean", "var"}
   assert "bn" not in params["blocks_0"].get("se_reduce", {})
@@ -370,13 +373,13 @@ def test_zoo_pth_through_load_model(zoo_net, tmp_path):
   torch.save({"state_dict": {k: torch.from_numpy(np.asarray(v)) for k, v in sd_new.items()}},
              tmp_path / "mcunet-5fps_imagenet.pth")
   (tmp_path / "mcunet-5fps_imagenet.json").write_text(json.dumps(cfg))
-  model, params = registry.load_model("mcunet-in1", weights_dir=tmp_path, source="zoo",
-                                      imagenet_head=True)
+  model, params = models.load_model("mcunet-in1", weights_dir=tmp_path, source="zoo",
+                                    imagenet_head=True)
   x = np.random.default_rng(8).uniform(-1, 1, (1, 32, 32, 3))
   want = zoo_reference(cfg, sd_ref, x, 1e-3)
   assert_close(apply(model, params, x), want, rtol=1e-4)
-  model, params = registry.load_model("mcunet-in1", 3, weights_dir=tmp_path, source="zoo",
-                                      feature_mix=False)
+  model, params = models.load_model("mcunet-in1", 3, weights_dir=tmp_path, source="zoo",
+                                    feature_mix=False)
   assert "feature_mix" not in params and params["classifier"]["kernel"].shape == (16, 3)
 
 
@@ -423,8 +426,8 @@ def resnet18_reference(sd, x):
 def test_resnet18_torchvision_conversion():
   sd = torchvision_resnet(np.random.default_rng(9), (2, 2, 2, 2), False)
   assert n_params(sd) == 11_689_512  # torchvision resnet18
-  model, params = registry.convert_generic("resnet18", sd, input_stats=None)
-  weights.check_params(params, registry.param_shapes(model))
+  model, params = torchvision.convert_generic("resnet18", sd, input_stats=None)
+  params_lib.check_params(params, params_lib.param_shapes(model))
   x = np.random.default_rng(10).uniform(-1, 1, (2, 32, 32, 3))
   want = resnet18_reference(sd, x)
   assert_close(apply(model, params, x), want, rtol=1e-3)
@@ -433,8 +436,8 @@ def test_resnet18_torchvision_conversion():
 def test_resnet50_torchvision_layout():
   sd = torchvision_resnet(np.random.default_rng(11), (3, 4, 6, 3), True)
   assert n_params(sd) == 25_557_032  # torchvision resnet50
-  model, params = registry.convert_generic("resnet50", sd)
-  weights.check_params(params, registry.param_shapes(model))
+  model, params = torchvision.convert_generic("resnet50", sd)
+  params_lib.check_params(params, params_lib.param_shapes(model))
   assert params["layer1_0"]["downsample"]["kernel"].shape == (1, 1, 64, 256)
   assert params["layer4_0"]["conv2"]["kernel"].shape == (3, 3, 512, 512)
 
@@ -471,25 +474,25 @@ def mobilenetv2_state_dicts(rng):
 def test_mobilenetv2_torchvision_and_timm():
   tv, timm = mobilenetv2_state_dicts(np.random.default_rng(12))
   assert n_params(tv) == 3_504_872  # torchvision mobilenet_v2
-  model, p_tv = registry.convert_generic("mobilenetv2", tv)
-  _, p_timm = registry.convert_generic("mobilenetv2", timm)
-  weights.check_params(p_tv, registry.param_shapes(model))
+  model, p_tv = torchvision.convert_generic("mobilenetv2", tv)
+  _, p_timm = torchvision.convert_generic("mobilenetv2", timm)
+  params_lib.check_params(p_tv, params_lib.param_shapes(model))
   jax.tree.map(np.testing.assert_array_equal, p_tv, p_timm)
   with pytest.raises(ValueError, match="torchvision.*timm"):
-    mobilenetv2.key_map(model.spec, {"foo.weight": 0})
+    torchvision.mobilenetv2_keys(model.spec, {"foo.weight": 0})
   assert np.isfinite(apply(model, p_tv, np.zeros((1, 32, 32, 3)))).all()
 
 
 def test_state_dict_files(tmp_path):
   sd = {"module.a.weight": np.ones((2, 3)), "a.num_batches_tracked": np.array(1)}
   np.savez(tmp_path / "sd.npz", **sd)
-  assert list(weights.load_state_dict(tmp_path / "sd.npz")) == ["a.weight"]
+  assert list(files.load_state_dict(tmp_path / "sd.npz")) == ["a.weight"]
   with pytest.raises(ValueError, match="unknown state dict format"):
     (tmp_path / "sd.ckpt").write_bytes(b"")
-    weights.load_state_dict(tmp_path / "sd.ckpt")
+    files.load_state_dict(tmp_path / "sd.ckpt")
   safetensors = pytest.importorskip("safetensors.numpy", reason="safetensors not installed")
   safetensors.save_file({"a.weight": np.ones((2, 3), np.float32)}, str(tmp_path / "sd.safetensors"))
-  assert weights.load_state_dict(tmp_path / "sd.safetensors")["a.weight"].shape == (2, 3)
+  assert files.load_state_dict(tmp_path / "sd.safetensors")["a.weight"].shape == (2, 3)
 
 
 # ---------------------------------------------------------------- the int8 weights in ../shared
@@ -497,15 +500,15 @@ def test_state_dict_files(tmp_path):
 @pytest.mark.parametrize("name", MCU)
 def test_shipped_arch_matches_shared(shared_weights, name):
   full = json.loads((shared_weights / f"{name}.json").read_text())
-  assert mcunet.load_arch(name) == mcunet.strip_arrays(full)
+  assert int8.load_arch(name) == int8.strip_arrays(full)
 
 
 def _conv_outputs(name, weights_dir, x):
   """Every conv's output (before its activation) of the int8-weights model."""
   import flax.linen as nn
   from trady_jax import layers
-  model, params = registry.load_model(name, weights_dir=weights_dir, feature_mix=False,
-                                      imagenet_head=True)
+  model, params = models.load_model(name, weights_dir=weights_dir, feature_mix=False,
+                                    imagenet_head=True)
   out = {}
 
   def grab(f, args, kwargs, ctx):
@@ -523,9 +526,9 @@ def _check_ranges(name, weights_dir):
   """Float activations sit inside the int8 output ranges: scales and ReLU6 placement are right."""
   z = np.random.default_rng(13).uniform(-1, 1, (2, 16, 16, 3)).astype(np.float32)
   outs, logits = _conv_outputs(name, weights_dir, jax.image.resize(z, (2, 128, 128, 3), "linear"))
-  desc = weights.read_json(weights_dir / f"{name}.json")
+  desc = files.read_json(weights_dir / f"{name}.json")
   assert logits.shape == (2, 1000) and np.isfinite(logits).all()
-  for path, entry in mcunet.iter_entries(desc):
+  for path, entry in int8.iter_entries(desc):
     if path == "classifier":
       continue
     q, y = entry["params"], outs[path]
@@ -548,11 +551,11 @@ def test_int8_activation_ranges(shared_weights, name):
 
 @pytest.mark.parametrize("name", MCU)
 def test_shared_int8_weights_load(shared_weights, name):
-  desc = weights.read_json(shared_weights / f"{name}.json")
-  raw = weights.read_npz(shared_weights / f"{name}.npz")
-  model, params = registry.load_model(name, 10, weights_dir=shared_weights, feature_mix=False)
+  desc = files.read_json(shared_weights / f"{name}.json")
+  raw = files.read_npz(shared_weights / f"{name}.npz")
+  model, params = models.load_model(name, 10, weights_dir=shared_weights, feature_mix=False)
   q = desc["blocks"][3]["depthwise"]["params"]
   w = raw[q["weight"]["array"]] * raw[q["w_scales"]["array"]][:, None, None, None]
-  np.testing.assert_allclose(params["blocks_3"]["depthwise"]["kernel"], weights.to_hwio(w),
+  np.testing.assert_allclose(params["blocks_3"]["depthwise"]["kernel"], convert.to_hwio(w),
                              rtol=1e-6)
   assert params["classifier"]["kernel"].shape == (model.spec.features, 10)

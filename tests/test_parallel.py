@@ -40,8 +40,8 @@ SCRIPT = textwrap.dedent(r"""
     out[n] = {"sels": sels, "params": [np.asarray(x).ravel().tolist() for x in jax.tree.leaves(p)],
               "temp": stats["temp_bytes"], "shards": len(p["classifier"]["kernel"].sharding.device_set)}
   # A chunked frozen prefix (mbv2, trained layers from stage 5 up) on 1 and 4 devices.
-  from trady_jax.models import registry
-  net2 = registry.build_model("mbv2-w0.35", 4)
+  from trady_jax import models
+  net2 = models.build_model("mbv2-w0.35", 4)
   q0 = net2.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))["params"]
   c2 = costs.trace(net2, (1, 32, 32, 3))
   pool = [l.path for l in c2.convs if net2.stage_of(l.path) >= 5]

@@ -3,7 +3,7 @@
 import pytest
 
 from trady_jax import config, data, paper, paths
-from trady_jax.models import registry
+from trady_jax.models import store
 
 
 def test_shared_and_cache_folders_serve_weights_and_data(tmp_path, monkeypatch):
@@ -12,8 +12,8 @@ def test_shared_and_cache_folders_serve_weights_and_data(tmp_path, monkeypatch):
   monkeypatch.setenv("TRADY_JAX_CACHE", str(cache))
   monkeypatch.delenv("TRADY_JAX_WEIGHTS", raising=False)
   assert paths.shared_dirs() == [shared]
-  assert registry.shipped_dirs() == [shared / "weights"]
-  assert registry.search_dirs() == [shared / "weights", cache]
+  assert store.shipped_dirs() == [shared / "weights"]
+  assert store.search_dirs() == [shared / "weights", cache]
   assert data.find_cifar10_archive() is None
   archive = shared / "data" / "cifar10-jpeg.tar.gz"
   archive.parent.mkdir(parents=True)

@@ -8,14 +8,14 @@ import pytest
 
 from trady_jax import costs, prefix, samplers, sparse_update, steps, xla
 from trady_jax import selection as sel
-from trady_jax.models import registry
+from trady_jax import models
 from trady_jax.models.tiny import TinyCNN
 
 SIZE, BATCH = 64, 8
 
 
 def build(name):
-  model = registry.build_model(name, 10)
+  model = models.build_model(name, 10)
   params = model.init(jax.random.key(0), jnp.zeros((1, SIZE, SIZE, 3)))["params"]
   rng = np.random.default_rng(0)
   batch = {"image": jnp.asarray(rng.uniform(-1, 1, (BATCH, SIZE, SIZE, 3)), jnp.float32),

@@ -140,8 +140,9 @@ def test_su_scheme_over_budget(capsys):
 def test_su_records_the_units_it_uses():
   import jax
   from trady_jax import costs, strategies
-  from trady_jax.models import registry, schemes
-  model, params = registry.load_model("mbv2-w0.35", 10, pretrained=False)
+  from trady_jax import models
+  from trady_jax.models import schemes
+  model, params = models.load_model("mbv2-w0.35", 10, pretrained=False)
   net = costs.trace(model, (1, 128, 128, 3))
   counts = schemes.scheme_counts("mbv2-w0.35", 1, net)
   s = strategies.Selector(strategies.get("su"), params, net, 27_946, scheme_counts=counts)

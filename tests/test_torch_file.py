@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from trady_jax.models import torch_file, weights
+from trady_jax.models.formats import files, torch_file
 
 DATA = Path(__file__).parent / "data"
 
@@ -26,7 +26,7 @@ def test_both_torch_save_layouts_match_the_saved_tensors(name):
 
 
 def test_load_state_dict_unwraps_and_drops_batch_counters():
-  sd = weights.load_state_dict(DATA / "tiny_zip.pth")
+  sd = files.load_state_dict(DATA / "tiny_zip.pth")
   assert "conv.weight" in sd and not any(k.endswith("num_batches_tracked") for k in sd)
 
 

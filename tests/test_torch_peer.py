@@ -6,7 +6,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from trady_jax.models import registry, torch_peer  # noqa: E402
+from trady_jax import models  # noqa: E402
+from trady_jax.models import torch_peer  # noqa: E402
 from trady_jax.models.tiny import TinyCNN  # noqa: E402
 
 
@@ -21,7 +22,7 @@ def _random_params(params, seed=0):
 
 @pytest.mark.parametrize("name", ["mbv2-w0.35", "mcunet-in1", "resnet18"])
 def test_logits_match(name):
-  model, params = registry.load_model(name, 10, pretrained=False)
+  model, params = models.load_model(name, 10, pretrained=False)
   params = _random_params(params)
   x = np.random.default_rng(1).uniform(-1, 1, (2, 48, 48, 3)).astype(np.float32)
   ref = np.asarray(model.apply({"params": params}, x))
@@ -33,7 +34,7 @@ def test_logits_match(name):
 
 
 def test_sgd_step_updates_all_parameters():
-  model, params = registry.load_model("mbv2-w0.35", 10, pretrained=False)
+  model, params = models.load_model("mbv2-w0.35", 10, pretrained=False)
   net = torch_peer.torch_model(model, _random_params(params))
   before = {k: v.clone() for k, v in net.state_dict().items()}
   step = torch_peer.sgd_step(net, 0.1)

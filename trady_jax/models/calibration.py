@@ -20,7 +20,7 @@ calibration data, as a BN layer expects of its input, and ``scale ~ sqrt(v)``, `
 of the folded pre-activation: O(1) per-channel affine parameters like the fp32 zoo networks', with
 the channel's magnitude in the BN scale rather than in the kernel, as in a network trained with
 BN. ``s = 1`` (``unit_variance=False``) keeps the int8 kernels as they are. When the fp32 zoo
-weights are available they are loaded with their own BN (``weights.convert_state_dict(...,
+weights are available they are loaded with their own BN (``convert.convert_state_dict(...,
 keep_bn=True)``) and no calibration happens.
 """
 

@@ -1,10 +1,10 @@
 """ResNet-18 / ResNet-50 (torchvision layout, v1.5: stride on the 3x3 conv) from selective layers.
 
 Every conv is a ``layers.SelectiveConv``; ``ResNet.bn`` folds BatchNorm into its bias
-(``weights.fold_bn``) or keeps a real BN after it (``batchnorm``). Convs are created in torchvision module order (stem ``conv1``,
-then per block ``conv1``, ``conv2``, [``conv3``], [``downsample``]), which is the conv index order
-of the cost model. ``torch_key_map`` maps each layer to its torchvision / timm state-dict keys
-(both libraries use the same names for ResNets).
+(``convert.fold_bn``) or keeps a real BN after it (``batchnorm``). Convs are created in
+torchvision module order (stem ``conv1``, then per block ``conv1``, ``conv2``, [``conv3``],
+[``downsample``]), which is the conv index order of the cost model. ``formats.torchvision`` maps
+each layer to its torchvision / timm state-dict keys.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ import flax.linen as nn
 import jax
 
 from trady_jax import layers, ops, prefix
-from trady_jax.models.weights import ConvKeys, DenseKeys
 
 STAGES = {"resnet18": ((2, 2, 2, 2), False), "resnet34": ((3, 4, 6, 3), False),
           "resnet50": ((3, 4, 6, 3), True), "resnet101": ((3, 4, 23, 3), True)}
@@ -49,7 +48,7 @@ class ResNet(nn.Module):
   """conv1 7x7/2 -> max pool 3x3/2 -> layer1..4 -> global average pool -> classifier.
 
   Inputs are NHWC in [-1, 1] (mean = std = 0.5); ImageNet-normalised checkpoints are adapted by
-  folding the input normalisation into ``conv1`` (``weights.fold_input_norm``).
+  folding the input normalisation into ``conv1`` (``convert.fold_input_norm``).
 
   Stages (``prefix.apply``): 0 is the stem (``conv1`` + max pool), then one per residual block in
   order (``layer1_0`` is stage 1), then the head (pool, classifier); ``start`` / ``stop`` as in
@@ -97,17 +96,3 @@ def resnet(name: str, num_classes: int = 1000) -> ResNet:
     raise KeyError(f"unknown ResNet {name!r}; known: {sorted(STAGES)}")
   stages, bottleneck = STAGES[name]
   return ResNet(stages, bottleneck, num_classes)
-
-
-def torch_key_map(model: ResNet) -> dict:
-  """``{module path: ConvKeys | DenseKeys}`` for torchvision / timm ResNet state dicts."""
-  out = {"conv1": ConvKeys("conv1.weight", "bn1")}
-  for s, n in enumerate(model.stage_sizes):
-    for b in range(n):
-      path, key = f"layer{s + 1}_{b}", f"layer{s + 1}.{b}"
-      for j in range(1, 4 if model.bottleneck else 3):
-        out[f"{path}/conv{j}"] = ConvKeys(f"{key}.conv{j}.weight", f"{key}.bn{j}")
-      if b == 0 and (s > 0 or model.bottleneck):
-        out[f"{path}/downsample"] = ConvKeys(f"{key}.downsample.0.weight", f"{key}.downsample.1")
-  out["classifier"] = DenseKeys("fc.weight", "fc.bias")
-  return out
