@@ -214,7 +214,7 @@ def trace(model, input_shape: Sequence[int] = (1, 128, 128, 3), **apply_kwargs) 
 
   >>> from trady_jax.models.tiny import TinyCNN
   >>> c = trace(TinyCNN(num_classes=5), (1, 32, 32, 3))
-  >>> c.convs[0].path, c.convs[0].weight, c.convs[0].activation  # C^W_c = 8 * 3 * 3, C^A_c = 32 * 32
+  >>> c.convs[0].path, c.convs[0].weight, c.convs[0].activation  # C^W_c = 8*3*3, C^A_c = 32*32
   ('first_conv/kernel', 72, 1024)
   >>> class Plain(nn.Module):
   ...   @nn.compact

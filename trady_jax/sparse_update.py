@@ -70,7 +70,8 @@ def sparse_update(inner: optax.GradientTransformation | None = None, *,
     An ``optax.GradientTransformationExtraArgs``.
 
   >>> import jax.numpy as jnp, optax
-  >>> params = {"conv": {"kernel": jnp.ones((1, 1, 4, 2))}, "classifier": {"kernel": jnp.ones((2, 3))}}
+  >>> params = {"conv": {"kernel": jnp.ones((1, 1, 4, 2))},
+  ...           "classifier": {"kernel": jnp.ones((2, 3))}}
   >>> tx = sparse_update(optax.adam(0.1), pool=sel.pool(params, []))  # the classifier only
   >>> state = tx.init(params)
   >>> sum(x.size for x in jax.tree.leaves(state))  # Adam's step count, mu and nu of the classifier

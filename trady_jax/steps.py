@@ -5,11 +5,12 @@ from __future__ import annotations
 from typing import Any, Callable, Sequence
 
 import flax.linen as nn
+from flax import nnx
 import jax
 import jax.numpy as jnp
 import optax
 
-from trady_jax import prefix, ranking
+from trady_jax import nnx_layers, prefix, ranking
 from trady_jax import selection as sel
 from trady_jax.costs import NetworkCosts
 
@@ -42,14 +43,21 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, *,
   ``metrics['batch_stats']``. Every BN's scale / shift is trained, the first conv's included, so
   there is no frozen prefix: statistics are whole-batch in every layer, as PyTorch's
   ``model.train()``.
+  ``model``: a Linen module, or an NNX one (``nnx_layers``; ``params`` is then
+  ``nnx_layers.params(model)``, no ``batch_stats``, no prefix chunks).
   """
+  nnx_forward = nnx_layers.forward(model) if isinstance(model, nnx.Module) else None
 
   def step(params, opt_state, selection, batch, batch_stats=None):
+    if nnx_forward is not None and batch_stats is not None:
+      raise ValueError("an NNX model keeps its BatchNorm statistics in the module: no batch_stats")
     variables = (lambda p: {"params": p}) if selection is None else (
         lambda p: {"params": p, "selection": selection})
 
     def loss(p):
-      if batch_stats is None:
+      if nnx_forward is not None:
+        logits, new_stats = nnx_forward(p, selection, batch["image"]), None
+      elif batch_stats is None:
         logits, new_stats = prefix.apply(model, variables(p), batch["image"],
                                          chunks=prefix_chunks), None
       else:
