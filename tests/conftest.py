@@ -25,3 +25,17 @@ def tiny():
   model = TinyCNN(num_classes=5)
   params = model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))["params"]
   return model, params, costs.trace(model, (1, 32, 32, 3))
+
+
+class Killed(Exception):
+  """Raised by a ``kill_at`` callback: the run stops as a killed process would."""
+
+
+def kill_at(epoch: int):
+  """An ``on_epoch_end`` callback that raises ``Killed`` once ``epoch`` is saved."""
+
+  def kill(done, _record):
+    if done == epoch:
+      raise Killed
+
+  return kill

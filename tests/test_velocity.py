@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import Killed, kill_at
 
 from trady_jax import config, costs, strategies, train, velocity
 from trady_jax import selection as sel
@@ -112,16 +113,20 @@ def _batches(source, batch_size, *, train, seed, epoch):
            "label": jnp.asarray(np.array([r[1] for r in rows], np.int32))}
 
 
+def _velocity_run(tmp, epochs=2):
+  cfg = config.Config(arch="tiny", pretrained=False, image_size=SIZE, dataset="synthetic",
+                      strategy="velocity", budget=300, epochs=epochs, warmup_epochs=0,
+                      batch_size=16, progress=False, lr=0.05)
+  model = TinyCNN(num_classes=4)
+  params = model.init(jax.random.key(0), jnp.zeros((1, SIZE, SIZE, 3)))["params"]
+  return train.Run(cfg, tmp, model=model, params=params, train_source=_Images(74, 0),
+                   test_source=_Images(32, 1), batches=_batches), params
+
+
 def test_tiny_velocity_run(tmp_path):
   """Two epochs (a random first one, then the velocity ranking) within the weight budget,
   storing whole inputs beyond it; 10 training images are held out."""
-  cfg = config.Config(arch="tiny", pretrained=False, image_size=SIZE, dataset="synthetic",
-                      strategy="velocity", budget=300, epochs=2, warmup_epochs=0, batch_size=16,
-                      progress=False, lr=0.05)
-  model = TinyCNN(num_classes=4)
-  params = model.init(jax.random.key(0), jnp.zeros((1, SIZE, SIZE, 3)))["params"]
-  run = train.Run(cfg, tmp_path, model=model, params=params, train_source=_Images(74, 0),
-                  test_source=_Images(32, 1), batches=_batches)
+  run, params = _velocity_run(tmp_path)
   assert len(run.train_source) == 64 and run.steps_per_epoch == 4
   before = [np.array(x) for x in jax.tree.leaves(params)]  # the run donates params
   final = run.run()
@@ -132,3 +137,16 @@ def test_tiny_velocity_run(tmp_path):
   changed = [np.any(np.asarray(a) != np.asarray(b)) for a, b in
              zip(jax.tree.leaves(run.params), before)]
   assert any(changed)
+
+
+@pytest.mark.slow
+def test_killed_velocity_run_resumes_to_the_same_parameters(tmp_path):
+  """The NEq state (previous outputs, phi, v) is checkpointed with the run."""
+  whole = _velocity_run(tmp_path / "whole", 3)[0]
+  whole.run()
+  with pytest.raises(Killed):
+    _velocity_run(tmp_path / "resumed", 3)[0].run(on_epoch_end=kill_at(2))
+  second = _velocity_run(tmp_path / "resumed", 3)[0]
+  second.run()
+  for a, b in zip(jax.tree.leaves(whole.params), jax.tree.leaves(second.params)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

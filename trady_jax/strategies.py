@@ -1,23 +1,57 @@
 """Named channel-selection strategies of the papers, as presets over samplers and rankings.
 
-| name            | layers                     | channels                              | resampled |
-|-----------------|----------------------------|---------------------------------------|-----------|
-| baseline        | all, whole                 | full fine-tuning                      | -         |
-| s-full-random   | all conv layers            | uniform                               | never     |
-| d-full-random   | all conv layers            | uniform                               | each epoch|
-| s-det-rgn       | all conv layers            | highest RGN of the full gradient      | never     |
-| d-det-rgn       | all conv layers            | highest RGN of the full gradient      | each epoch|
-| s-topk-random   | top-K by layer RGN (97 %)  | uniform                               | never     |
-| trady           | top-K by layer RGN (97 %)  | uniform                               | each epoch|
-| su              | MIT Sparse Update scheme   | largest weight norm ('magnitude+')    | never     |
-| medyate         | top-K by LaRa (alpha=0.2)  | proportional to stored norms          | each epoch|
-| lara-trady      | top-K by LaRa              | uniform                               | each epoch|
-| lara-det-raw    | top-K by LaRa              | highest raw norm of the full gradient | each epoch|
-| lara-prob-raw   | top-K by LaRa              | proportional to full-gradient norms   | each epoch|
-| prev-medyate    | top-K by layer RGN (97 %)  | proportional to stored norms          | each epoch|
+Papers: T = TraDy (arXiv 2510.19675), M = MeDyate (arXiv 2510.20979), W = WACV-W 2024 (Velocity).
 
-Velocity (NEq, output neurons, weight-only budget) is not provided: its unit is an output channel,
-which this library's input-channel selection does not represent.
+| name            | definition      | layers                | channels (velocity: output neurons) | redrawn |
+|-----------------|-----------------|-----------------------|-------------------------------------|---------|
+| baseline        | T 4.2           | all, whole            | full fine-tuning                    | -       |
+| s-full-random   | T 4.2           | all convs             | uniform                             | never   |
+| d-full-random   | T 4.2           | all convs             | uniform                             | epoch   |
+| s-det-rgn       | T 4.2, Eq. 7    | all convs             | highest RGN, full gradient          | never   |
+| d-det-rgn       | T 4.2, Eq. 7    | all convs             | highest RGN, full gradient          | epoch   |
+| s-topk-random   | T 4.2, Eq. 8    | top-K layer RGN 97 %  | uniform                             | never   |
+| trady           | T Alg. 1        | top-K layer RGN 97 %  | uniform                             | epoch   |
+| su              | T 4.2, MIT SU   | scheme's layers       | largest weight norm (magnitude+)    | never   |
+| medyate         | M Alg. 1, Eq. 9 | top-K LaRa, alpha 0.2 | proportional to stored norms        | epoch   |
+| lara-trady      | M 4.3           | top-K LaRa            | uniform                             | epoch   |
+| lara-det-raw    | M 4.3           | top-K LaRa            | highest raw norm, full gradient     | epoch   |
+| lara-prob-raw   | M 4.3           | top-K LaRa            | proportional to full-gradient norms | epoch   |
+| prev-medyate    | M 4.3           | top-K layer RGN 97 %  | proportional to stored norms        | epoch   |
+| boosted-trady   | M A.2           | top-K layer RGN 97 %  | proportional to the layer's LaRa    | epoch   |
+| boosted-medyate | M A.2           | top-K LaRa, alpha 0.2 | epoch 1 by LaRa, then stored norms  | epoch   |
+| velocity        | W Eq. 1-7       | all convs             | highest NEq velocity per weight     | epoch   |
+
+Remaining deviations (every one a choice the papers leave open unless said otherwise):
+
+* Budget filling (``samplers``): channels in score order while the running total stays within
+  ``B_mem`` (at most, not strictly below), stopping at the first that overflows (the predecessor's
+  code); weighted rules sample without replacement (Gumbel-top-k). With the default padded
+  allocation each layer's index array has a capacity (90th percentile of its count over 256
+  draws): padded slots store ``padding_units`` of zeros per sample (13,121 units, 47 % of the
+  budget, for medyate on mbv2-w0.35 at 27,946), and a draw that wants more channels of a layer
+  than its capacity gives them to other layers unless that moves over 3 % of the budget (then the
+  capacities are refitted). A layer the fit leaves at capacity 0 (wanted in under a tenth of the
+  draws) thus loses its channels to others until a refit. ``--allocation exact`` has none of this.
+* Layer pools come from this library's own offline ranking (the papers' lists are unpublished).
+* Oracles (Det RGN / Det Raw / Prob Raw): the gradient of the whole training split at the
+  epoch's starting parameters (not stated in the papers).
+* MeDyate's stored norm: the last step's gradient (``--medyate-norm``; not stated).
+* SU: MIT's input-channel 'magnitude+' criterion (the WACV code freezes output channels instead)
+  with the scheme's bias updates; scheme 1 costs 28,282 units as written, the papers' 27,946
+  charges its depthwise layer without k x k (``schemes.table_units``).
+* BatchNorm scale and shift are trained by every strategy, outside the budget (``--bn train``).
+* Boosting: a channel's weight is its layer's LaRa itself, not the layer's LaRa shared among its
+  channels (the normalisation is not stated); boosted-medyate keeps MeDyate's epoch-2 rule.
+* Velocity (``velocity``): the budget counts weights only (``--budget`` is a parameter count;
+  the TraDy table's Velocity rows use the SU scheme's weight part, 22,410 beside 27,946 on
+  mbv2-w0.35 [inference]); a trained neuron keeps its layer's whole input, reported as
+  ``activations`` (mbv2-w0.35, ``--budget 27946``: 27,942 charged units but 678,950 stored,
+  activation sparsity 0.32). ``C^w`` is ``kh kw C_in / g`` (the WACV code counts the full
+  ``C_in`` for depthwise and adds the bias). ``phi^0 = v^0 = 0``; the first epoch is random (the
+  code's alternative, the SU scheme, is not offered). Outputs are measured after each conv's
+  BatchNorm, on 10 held-out training images under the test transform; the NEq state (their
+  previous outputs, 35 MB on mbv2-w0.35) is kept and checkpointed outside the budget; its padded
+  slots cost dropped weight-gradient columns, not stored activations.
 """
 
 from __future__ import annotations
