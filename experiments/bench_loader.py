@@ -29,7 +29,7 @@ import common
 import numpy as np
 from PIL import Image
 
-from trady_jax import data
+from trady_jax import data, paper
 from trady_jax.config import Config
 from trady_jax.data import transforms as T
 
@@ -171,9 +171,9 @@ def _same(a, b) -> bool:
 def main(argv=None):
   ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
   ap.add_argument("--arch", default="mbv2-w0.35")
-  ap.add_argument("--budget", type=int, default=27946)
+  ap.add_argument("--budget", type=int, default=paper.BUDGETS["mbv2-w0.35"][0])
   ap.add_argument("--strategy", default="trady")
-  ap.add_argument("--batch", type=int, default=32)
+  ap.add_argument("--batch", type=int, default=paper.BATCH_SIZE)
   ap.add_argument("--workers", type=int, default=Config.num_workers, help="loader threads")
   ap.add_argument("--batches", type=int, default=20, help="batches per loader measurement")
   ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds (medians)")

@@ -43,7 +43,7 @@ import optax
 
 from trady_jax import costs as costs_lib
 from trady_jax import batchnorm, depthwise, ops, parallel, prefix, ranking, samplers, sparse_update, steps
-from trady_jax import xla
+from trady_jax import paper, xla
 from trady_jax import selection as sel
 
 MiB = 2**20
@@ -105,13 +105,14 @@ def torch_peer_step(model, params, batch, jax_steps: dict, repeats: int) -> dict
 def main(argv=None):
   ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
   ap.add_argument("--arch", default="mbv2-w0.35")
-  ap.add_argument("--budget", type=int, default=27946, help="B_mem in units")
-  ap.add_argument("--batch", type=int, default=32)
+  ap.add_argument("--budget", type=int, default=paper.BUDGETS["mbv2-w0.35"][0], help="B_mem in units")
+  ap.add_argument("--batch", type=int, default=paper.BATCH_SIZE)
   ap.add_argument("--image-size", type=int, default=128)
   ap.add_argument("--repeats", type=int, default=5, help="timed calls per step (median)")
   ap.add_argument("--weights-dir", default="")
   ap.add_argument("--ranking", default="", help="ranking JSON (default: the shipped one)")
-  ap.add_argument("--share", type=float, default=0.97, help="TraDy top-K share of layer RGN")
+  ap.add_argument("--share", type=float, default=paper.TOPK_SHARE,
+                  help="TraDy top-K share of layer RGN")
   ap.add_argument("--prefix-chunks", type=int, default=8,
                   help="trady: batch chunks for the frozen prefix (trady_jax.prefix); 1 = off")
   ap.add_argument("--peer", choices=["torch"], default=None,

@@ -31,7 +31,7 @@ import numpy as np
 import optax
 
 from trady_jax import costs as costs_lib
-from trady_jax import samplers, sparse_update, steps, strategies, xla
+from trady_jax import paper, samplers, sparse_update, steps, strategies, xla
 from trady_jax import selection as sel
 
 
@@ -50,7 +50,7 @@ def tv_distance(a: dict, b: dict) -> float:
 def main(argv=None):
   ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
   ap.add_argument("--arch", default="mbv2-w0.35")
-  ap.add_argument("--budget", type=int, default=27946)
+  ap.add_argument("--budget", type=int, default=paper.BUDGETS["mbv2-w0.35"][0])
   ap.add_argument("--strategy", default="medyate", help="a name from strategies.REGISTRY")
   ap.add_argument("--epochs", type=int, default=8)
   ap.add_argument("--steps", type=int, default=2, help="timed train steps per epoch")

@@ -20,7 +20,7 @@ import common  # noqa: F401
 import jax
 
 from trady_jax import costs as costs_lib
-from trady_jax import depthwise, ops, xla
+from trady_jax import depthwise, ops, paper, xla
 from trady_jax.layers import explicit_padding
 
 
@@ -42,7 +42,7 @@ def time_layer(layer, batch: int, key) -> dict[str, float]:
 def main(argv=None):
   ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
   ap.add_argument("--arch", default="mbv2-w0.35")
-  ap.add_argument("--batch", type=int, default=32)
+  ap.add_argument("--batch", type=int, default=paper.BATCH_SIZE)
   ap.add_argument("--image-size", type=int, default=128)
   ap.add_argument("--depthwise", action="store_true",
                   help="time the depthwise layers in both formulations (xla, shifted)")

@@ -65,8 +65,8 @@ def main(argv=None):
                pretrained=pretrained, batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.seed,
                **ranking.network_key(net.weights, cfg.bn, net.random_init_layers))
   lr_ = ranking.layer_rgn(state["channel"], c)
-  top = ranking.top_k_share(lr_, 0.97)
-  print(f"wrote {out}: {len(top)} of {len(paths)} layers hold 97 % of the layer RGN")
+  top = ranking.top_k_share(lr_, cfg.topk_share)
+  print(f"wrote {out}: {len(top)} of {len(paths)} layers hold {cfg.topk_share:.0%} of layer RGN")
   print("top 10 by layer RGN:", [p.removesuffix("/kernel") for p in ranking.ranked(lr_)[:10]])
 
 

@@ -205,6 +205,7 @@ def test_registry_lookup_and_download(tmp_path, monkeypatch):
   assert models.find_weights("mcunet-in1", tmp_path) is None
   with pytest.raises(KeyError, match="known"):
     models.load_model("resnet19")
+  assert set(store.TORCHVISION_URLS) | set(models.MCU_NETS) == set(models.NAMES)
   urls = []
 
   def fake_urlopen(url, timeout):

@@ -5,7 +5,8 @@ Source: the predecessor code's ``NEq_configs.yaml`` ([CODE-W]).
 A scheme updates the biases of the last ``n_bias_update`` convs and, for each conv index in
 ``manual_weight_idx`` (counted from the input, MIT order), the first ``int(C_in * ratio)`` input
 channels' weights. TraDy/MeDyate budgets are the element counts (weights + input activations,
-paper Eq. 3) of schemes 1, 3 and 5; MeDyate Fig. 6 uses all five for mbv2-w0.35.
+paper Eq. 3) of schemes 1, 3 and 5 (``trady_jax.paper.BUDGETS``); MeDyate Fig. 6 uses all five
+for mbv2-w0.35.
 
 ``costs.usage(scheme_counts(...))['units']`` reproduces every W+A entry of the 7.3 table. The
 papers' tables differ in one place: mbv2-w0.35 scheme 1 costs 28 282 units by Eq. 3, the tables
