@@ -13,7 +13,7 @@ from jax import lax
 
 from trady_jax import costs
 from trady_jax import models
-from trady_jax.models import convert, mcunet, mobilenetv2, store
+from trady_jax.models import convert, mcunet, mobilenetv2, registry, store
 from trady_jax.models import params as params_lib
 from trady_jax.models.formats import files, int8, torchvision, zoo
 
@@ -206,6 +206,10 @@ def test_registry_lookup_and_download(tmp_path, monkeypatch):
   with pytest.raises(KeyError, match="known"):
     models.load_model("resnet19")
   assert set(store.TORCHVISION_URLS) | set(models.MCU_NETS) == set(models.NAMES)
+  with pytest.warns(DeprecationWarning, match="trady_jax.models.load_model"):
+    assert registry.load_model is models.load_model  # the loaders' former home still answers
+  with pytest.raises(AttributeError):
+    getattr(registry, "no_such_name")
   urls = []
 
   def fake_urlopen(url, timeout):

@@ -8,6 +8,9 @@ Names: the papers' MCU networks ``'mbv2-w0.35'``, ``'mcunet-in1'``, ``'proxyless
 
 from __future__ import annotations
 
+import importlib
+import warnings
+
 import flax.linen as nn
 
 from trady_jax.models import mcunet, mobilenetv2, resnet
@@ -19,6 +22,9 @@ MCU_NETS = {"mbv2-w0.35": ("mbv2-w0.35-r144_imagenet", 448),
             "proxyless-w0.3": ("proxyless-w0.3-r176_imagenet", 384)}
 GENERIC = ("resnet18", "resnet50", "mobilenetv2")
 NAMES = tuple(MCU_NETS) + GENERIC
+# Loaders this module held before ``load`` and ``store`` (reached through ``__getattr__``).
+_MOVED = {"load_model": "load", "load_network": "load", "Network": "load",
+          "find_weights": "store", "download_weights": "store", "WeightFiles": "store"}
 
 
 def check_name(name: str) -> None:
@@ -43,3 +49,13 @@ def build_model(name: str, num_classes: int = 1000, *, feature_mix: bool = True,
   if name == "mobilenetv2":
     return mobilenetv2.mobilenetv2(num_classes).clone(bn=bn)
   return resnet.resnet(name, num_classes).clone(bn=bn)
+
+
+def __getattr__(name: str):
+  """``registry.load_model`` and the other loaders that lived here: still found, with a
+  ``DeprecationWarning`` naming their home (``trady_jax.models.load_model``, ...)."""
+  if name not in _MOVED:
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+  warnings.warn(f"trady_jax.models.registry.{name} is now trady_jax.models.{name}",
+                DeprecationWarning, stacklevel=2)
+  return getattr(importlib.import_module(f"trady_jax.models.{_MOVED[name]}"), name)
