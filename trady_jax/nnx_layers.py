@@ -26,6 +26,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Sequence
 
+import chex
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -51,7 +52,9 @@ class _Selective(nnx.Module):
     raise NotImplementedError
 
   def __call__(self, x: jax.Array) -> jax.Array:
-    variables = {"params": {"kernel": self.kernel.get_value()}}
+    kernel = self.kernel.get_value()
+    chex.assert_axis_dimension(x, -1, kernel.shape[-2] * getattr(self, "feature_group_count", 1))
+    variables = {"params": {"kernel": kernel}}
     if self.bias is not None:
       variables["params"]["bias"] = self.bias.get_value()
     if self.selection.get_value() is not None:
