@@ -45,8 +45,7 @@ def test_padded_slots_give_the_exact_count_gradients(tiny):
   batch = _batch()
   exact = _grads(model, params, _selection(params, c, IDX, 0), batch)
   padded = _grads(model, params, _selection(params, c, IDX, 3), batch)
-  for a, b in zip(jax.tree.leaves(exact), jax.tree.leaves(padded)):
-    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-7)
+  chex.assert_trees_all_close(padded, exact, rtol=1e-6, atol=1e-7)
   # Only the valid channels carry a kernel gradient (an all-PAD layer: none).
   g = np.asarray(padded["blocks_0_pointwise1"]["kernel"])[0, 0]
   assert np.all(g[[0, 2, 3, 4, 6]] == 0) and np.any(g[[1, 5, 7]] != 0)

@@ -2,6 +2,7 @@
 
 import json
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -90,9 +91,8 @@ def test_killed_run_resumes_to_the_same_parameters(tmp_path, bn):
   second = _run(tmp_path / "resumed", "medyate", bn)
   final = second.run()
   assert (final["bn_bytes"] > 0) == (bn == "train")
-  for a, b in zip(jax.tree.leaves((whole.params, whole.batch_stats)),
-                  jax.tree.leaves((second.params, second.batch_stats))):
-    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  chex.assert_trees_all_equal((second.params, second.batch_stats),
+                              (whole.params, whole.batch_stats))
   if bn == "train":  # running statistics moved, and were checkpointed
     assert not np.allclose(second.batch_stats["first_conv"]["bn"]["var"], 1.0)
   lines = (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()
