@@ -35,5 +35,9 @@ def shared_dirs() -> list[Path]:
 
 
 def shared_subdirs(name: str) -> list[Path]:
-  """``<shared>/<name>`` for every candidate shared folder (``'weights'``, ``'data'``)."""
+  """``<shared>/<name>`` for every candidate shared folder (``'weights'``, ``'data'``).
+
+  >>> all(d.name == "weights" for d in shared_subdirs("weights"))
+  True
+  """
   return [d / name for d in shared_dirs()]

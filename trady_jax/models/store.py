@@ -55,7 +55,11 @@ def search_dirs(weights_dir: str | Path | None = None) -> list[Path]:
 def find_weights(name: str, weights_dir: str | Path | None = None,
                  source: str = "auto") -> WeightFiles | None:
   """The weight files of ``name``, or None. ``source``: ``'int8'``, ``'zoo'`` (fp32) or ``'auto'``
-  (the fp32 zoo files the papers fine-tune, else int8)."""
+  (the fp32 zoo files the papers fine-tune, else int8).
+
+  >>> find_weights("mbv2-w0.35", weights_dir="/nonexistent") is None
+  True
+  """
   check_name(name)
   if source not in SOURCES:
     raise ValueError(f"source must be 'auto', 'int8' or 'zoo', got {source!r}")
