@@ -243,7 +243,8 @@ def make_run(cfg, workdir):
   run = train.Run(cfg, workdir, model=model, params=params, train_source=train_src,
                   test_source=test_src, batches=batches, ranking_doc=doc, scheme_counts=counts,
                   batch_stats=net.batch_stats, scheme_biases=biases)
-  run.info = {"pretrained": pretrained, "data": where, "train_images": len(train_src),
+  # Velocity holds NEq's images out of the training split: the run's own count.
+  run.info = {"pretrained": pretrained, "data": where, "train_images": len(run.train_source),
               "test_images": len(test_src), "bn": cfg.bn, "weights_file": net.weights,
               "random_init_layers": list(net.random_init_layers), "ranking_stale": stale}
   return run

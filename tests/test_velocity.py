@@ -150,3 +150,10 @@ def test_killed_velocity_run_resumes_to_the_same_parameters(tmp_path):
   second.run()
   for a, b in zip(jax.tree.leaves(whole.params), jax.tree.leaves(second.params)):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_scheme_weight_budgets_are_the_wacv_code_values():
+  from trady_jax.models import registry
+  net = costs.trace(registry.build_model("mbv2-w0.35", 10), (1, 128, 128, 3))
+  got = [velocity.scheme_weight_budget("mbv2-w0.35", s, net) for s in (1, 3, 5)]
+  assert got == [22410, 55920, 81792]

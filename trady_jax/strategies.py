@@ -2,26 +2,29 @@
 
 Papers: T = TraDy (arXiv 2510.19675), M = MeDyate (arXiv 2510.20979), W = WACV-W 2024 (Velocity).
 
-| name            | definition      | layers                | channels (velocity: output neurons) | redrawn |
-|-----------------|-----------------|-----------------------|-------------------------------------|---------|
-| baseline        | T 4.2           | all, whole            | full fine-tuning                    | -       |
-| s-full-random   | T 4.2           | all convs             | uniform                             | never   |
-| d-full-random   | T 4.2           | all convs             | uniform                             | epoch   |
-| s-det-rgn       | T 4.2, Eq. 7    | all convs             | highest RGN, full gradient          | never   |
-| d-det-rgn       | T 4.2, Eq. 7    | all convs             | highest RGN, full gradient          | epoch   |
-| s-topk-random   | T 4.2, Eq. 8    | top-K layer RGN 97 %  | uniform                             | never   |
-| trady           | T Alg. 1        | top-K layer RGN 97 %  | uniform                             | epoch   |
-| su              | T 4.2, MIT SU   | scheme's layers       | largest weight norm (magnitude+)    | never   |
-| medyate         | M Alg. 1, Eq. 9 | top-K LaRa, alpha 0.2 | proportional to stored norms        | epoch   |
-| lara-trady      | M 4.3           | top-K LaRa            | uniform                             | epoch   |
-| lara-det-raw    | M 4.3           | top-K LaRa            | highest raw norm, full gradient     | epoch   |
-| lara-prob-raw   | M 4.3           | top-K LaRa            | proportional to full-gradient norms | epoch   |
-| prev-medyate    | M 4.3           | top-K layer RGN 97 %  | proportional to stored norms        | epoch   |
-| boosted-trady   | M A.2           | top-K layer RGN 97 %  | proportional to the layer's LaRa    | epoch   |
-| boosted-medyate | M A.2           | top-K LaRa, alpha 0.2 | epoch 1 by LaRa, then stored norms  | epoch   |
-| velocity        | W Eq. 1-7       | all convs             | highest NEq velocity per weight     | epoch   |
+| name            | definition    | layers            | channel rule                    | redrawn |
+|-----------------|---------------|-------------------|---------------------------------|---------|
+| baseline        | T 4.2         | all, whole        | full fine-tuning                | -       |
+| s-full-random   | T 4.2         | all convs         | uniform                         | never   |
+| d-full-random   | T 4.2         | all convs         | uniform                         | epoch   |
+| s-det-rgn       | T 4.2, Eq. 7  | all convs         | highest RGN, full gradient      | never   |
+| d-det-rgn       | T 4.2, Eq. 7  | all convs         | highest RGN, full gradient      | epoch   |
+| s-topk-random   | T 4.2, Eq. 8  | top-K RGN, 97 %   | uniform                         | never   |
+| trady           | T Alg. 1      | top-K RGN, 97 %   | uniform                         | epoch   |
+| su              | T 4.2, MIT SU | scheme's layers   | largest weight norm             | never   |
+| medyate         | M Alg. 1      | top-K LaRa, alpha | sampled by stored norms         | epoch   |
+| lara-trady      | M 4.3         | top-K LaRa, alpha | uniform                         | epoch   |
+| lara-det-raw    | M 4.3         | top-K LaRa, alpha | highest raw norm, full gradient | epoch   |
+| lara-prob-raw   | M 4.3         | top-K LaRa, alpha | sampled by full-gradient norm   | epoch   |
+| prev-medyate    | M 4.3         | top-K RGN, 97 %   | sampled by stored norms         | epoch   |
+| boosted-trady   | M A.2         | top-K RGN, 97 %   | sampled by layer's LaRa         | epoch   |
+| boosted-medyate | M A.2         | top-K LaRa, alpha | LaRa (epoch 1), stored norms    | epoch   |
+| velocity        | W Eq. 1-7     | all convs         | output neurons, NEq velocity    | epoch   |
 
-Remaining deviations (every one a choice the papers leave open unless said otherwise):
+T Eq. 7-8: (layer) RGN; M Eq. 9: LaRa; alpha: the smallest K with B_mem / M_K <= 0.2 (M Eq. 10);
+stored norms: raw channel gradient norms (M Eq. 6) of earlier epochs; W Eq. 7: |velocity| per weight.
+
+Remaining deviations from the papers, and choices where they are silent:
 
 * Budget filling (``samplers``): channels in score order while the running total stays within
   ``B_mem`` (at most, not strictly below), stopping at the first that overflows (the predecessor's

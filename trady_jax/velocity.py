@@ -17,10 +17,10 @@ training split (``split_dataset(val_len=10)`` in its code):
 
 The budget charges weights only, as the papers do for Velocity ("taking the weight component of
 the budget"); the TraDy table's Velocity rows correspond to the weight part of the SU scheme
-(22,410 parameters beside B_mem = 27,946 on mbv2-w0.35, method-spec 2). A trained neuron needs
-the layer's whole input in the backward pass (``ops.output_selective_conv``): ``usage`` reports
-that input as stored activations, so ``units`` is the memory Velocity really uses and
-``charged_units`` what its budget counts.
+(``scheme_weight_budget``: 22,410 parameters beside B_mem = 27,946 on mbv2-w0.35). A trained
+neuron needs the layer's whole input in the backward pass (``ops.output_selective_conv``):
+``usage`` reports that input as stored activations, so ``units`` is the memory Velocity really
+uses and ``charged_units`` what its budget counts.
 """
 
 from __future__ import annotations
@@ -78,6 +78,14 @@ def usage(selection: PyTree, costs: NetworkCosts) -> dict[str, float]:
   return {"units": w + a, "charged_units": w, "weights": w, "activations": a, "macs": m,
           "weight_sparsity": 1 - w / t["weights"], "activation_sparsity": 1 - a / t["activations"],
           "flops_saved": 1 - m / t["macs"]}
+
+
+def scheme_weight_budget(arch: str, scheme: int, net: NetworkCosts) -> int:
+  """The weights of MIT SU scheme ``scheme`` of ``arch``: Velocity's budget beside that scheme's
+  ``B_mem`` in the papers' tables (the WACV code's values, method-spec 3: 22,410 / 55,920 /
+  81,792 parameters for mbv2-w0.35's schemes 1 / 3 / 5)."""
+  from trady_jax.models import schemes  # local: the models package is heavy
+  return int(net.usage(schemes.scheme_counts(arch, scheme, net))["weights"])
 
 
 def held_out(source, n: int = HELD_OUT, *, seed: int = 0):
