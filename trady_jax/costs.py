@@ -108,6 +108,14 @@ class NetworkCosts:
       weight_sparsity = 1 - sum_S C^W / sum_all C^W;
       activation_sparsity = 1 - sum_S C^A / sum_all C^A;
       flops_saved = 1 - sum_S Theta_time / sum_all Theta_time.
+
+    >>> from trady_jax.models.tiny import TinyCNN
+    >>> c = trace(TinyCNN(num_classes=5), (1, 32, 32, 3))
+    >>> c.totals()["total"], c["first_conv/kernel"].memory  # 8*3*3 + 32*32 per channel
+    (28552, 1096)
+    >>> u = c.usage({"first_conv/kernel": 3})
+    >>> u["units"], round(u["activation_sparsity"], 3)
+    (3288, 0.887)
     """
     w = a = m = 0
     for path, k in counts.items():
@@ -142,7 +150,11 @@ class NetworkCosts:
 
 
 def to_bytes(weights: int, activations: int, *, batch: int = 1, dtype: Any = jnp.float32) -> int:
-  """Bytes to hold ``weights`` weight units and ``activations`` per-sample units for a batch."""
+  """Bytes to hold ``weights`` weight units and ``activations`` per-sample units for a batch.
+
+  >>> to_bytes(10, 5, batch=32)  # (10 + 5 * 32) float32 values
+  680
+  """
   return int((weights + activations * batch) * jnp.dtype(dtype).itemsize)
 
 

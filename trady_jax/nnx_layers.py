@@ -122,7 +122,13 @@ def _at(tree: PyTree, path: tuple) -> PyTree:
 
 def assign(model: nnx.Module, new_params: PyTree, selection: PyTree | None = ...) -> None:
   """Write ``new_params`` (a ``params(model)`` tree) into the model, in place; with
-  ``selection`` also every selective layer's ``Selection`` (``None``: plain layers)."""
+  ``selection`` also every selective layer's ``Selection`` (``None``: plain layers).
+
+  >>> dense = SelectiveDense(2, 3, rngs=nnx.Rngs(0))
+  >>> assign(dense, {"kernel": jnp.ones((2, 3)), "bias": jnp.zeros(3)})
+  >>> dense(jnp.ones((1, 2))).tolist()
+  [[2.0, 2.0, 2.0]]
+  """
   for path, node in nnx.iter_graph(model):
     if isinstance(node, nnx.Param):
       node.set_value(_at(new_params, path))
@@ -132,7 +138,15 @@ def assign(model: nnx.Module, new_params: PyTree, selection: PyTree | None = ...
 
 def forward(model: nnx.Module) -> Callable[[PyTree, PyTree | None, jax.Array], jax.Array]:
   """The pure function ``(params, selection, x) -> model(x)`` of an NNX model (``selection``
-  ``None``: plain autodiff everywhere), for ``jax.grad`` / ``jax.jit``."""
+  ``None``: plain autodiff everywhere), for ``jax.grad`` / ``jax.jit``. The model is not
+  changed: an ``nnx.BatchNorm`` in training mode updates its statistics in a copy only, so run
+  it with ``use_running_average=True`` (the papers' folded BatchNorm).
+
+  >>> dense = SelectiveDense(2, 3, rngs=nnx.Rngs(0))
+  >>> p = {"kernel": jnp.ones((2, 3)), "bias": jnp.ones(3)}
+  >>> forward(dense)(p, None, jnp.ones((1, 2))).tolist()
+  [[3.0, 3.0, 3.0]]
+  """
   graphdef, state = nnx.split(model)
 
   def apply(p: PyTree, selection: PyTree | None, x: jax.Array) -> jax.Array:

@@ -62,7 +62,11 @@ class Channels:
   multiplier: int = flax.struct.field(pytree_node=False, default=1)
 
   def mask(self, shape: Sequence[int]) -> jax.Array:
-    """Boolean mask broadcastable to a kernel of ``shape``: True on the selected slices."""
+    """Boolean mask broadcastable to a kernel of ``shape``: True on the selected slices.
+
+    >>> Channels(jnp.array([0, 2, PAD])).mask((1, 1, 4, 8)).ravel().tolist()
+    [True, False, True, False]
+    """
     n = shape[self.axis] // self.multiplier
     m = jnp.zeros((n,), bool).at[self.idx].set(True, mode="drop")  # PAD slots dropped
     if self.multiplier > 1:
@@ -127,6 +131,12 @@ def build(params: PyTree, channels: Mapping[str, Channels], *,
 
   Raises:
     KeyError: a path in ``channels`` names no parameter leaf (lists the known kernels).
+
+  >>> params = {"conv": {"kernel": jnp.zeros((3, 3, 8, 16)), "bias": jnp.zeros(16)},
+  ...           "classifier": {"kernel": jnp.zeros((16, 10))}}
+  >>> s = build(params, {"conv/kernel": Channels(jnp.array([1, 5]))})
+  >>> s["conv"]["bias"], s["classifier"]["kernel"], counts(s)
+  (MaskedNode(), AllChannels(), {'conv/kernel': 2})
   """
   paths = leaf_paths(params)
   unknown = sorted(set(channels) - set(paths))
@@ -192,17 +202,31 @@ def _channel_leaves(selection: PyTree) -> list[tuple[str, Channels]]:
 
 
 def counts(selection: PyTree) -> dict[str, int]:
-  """``{path: k}``: the channels each channel-selected leaf trains (``PAD`` slots not counted)."""
+  """``{path: k}``: the channels each channel-selected leaf trains (``PAD`` slots not counted).
+
+  >>> counts({"conv": {"kernel": Channels(jnp.array([4, 1, PAD]))}})
+  {'conv/kernel': 2}
+  """
   return {p: int(np.sum(np.asarray(s.idx) != PAD)) for p, s in _channel_leaves(selection)}
 
 
 def capacities(selection: PyTree) -> dict[str, int]:
-  """``{path: len(idx)}``, padded slots included: the signature that decides compilation."""
+  """``{path: len(idx)}``, padded slots included: the signature that decides compilation.
+
+  >>> capacities({"conv": {"kernel": Channels(jnp.array([4, 1, PAD]))}})
+  {'conv/kernel': 3}
+  """
   return {p: int(s.idx.shape[0]) for p, s in _channel_leaves(selection)}
 
 
 def mask_tree(selection: PyTree, params: PyTree) -> PyTree:
-  """Per-leaf boolean masks (``True`` = trained), broadcastable to ``params``' leaves."""
+  """Per-leaf boolean masks (``True`` = trained), broadcastable to ``params``' leaves.
+
+  >>> m = mask_tree({"w": Channels(jnp.array([1])), "b": FROZEN},
+  ...               {"w": jnp.zeros((2, 3)), "b": jnp.zeros(3)})
+  >>> m["w"].ravel().tolist(), m["b"].tolist()
+  ([False, True], [False])
+  """
 
   def leaf(s, p):
     if isinstance(s, Channels):
@@ -214,7 +238,11 @@ def mask_tree(selection: PyTree, params: PyTree) -> PyTree:
 
 def as_numpy(selection: PyTree | None, *, sort: bool = True) -> dict[str, np.ndarray]:
   """``{path: indices}`` on the host without ``PAD`` slots (sorted unless ``sort=False``, which
-  keeps the draw order for checkpoints), for logging and comparisons; ``{}`` for ``None``."""
+  keeps the draw order for checkpoints), for logging and comparisons; ``{}`` for ``None``.
+
+  >>> as_numpy({"conv": {"kernel": Channels(jnp.array([4, 1, PAD]))}})
+  {'conv/kernel': array([1, 4], dtype=int32)}
+  """
   if selection is None:
     return {}
   order = np.sort if sort else np.asarray
