@@ -9,7 +9,7 @@ import optax
 import pytest
 from flax import nnx
 
-from trady_jax import costs, layers, nnx_layers, ops, sparse_update, steps
+from trady_jax import costs, layers, nnx_layers, ops, sparse_update, steps, xla
 from trady_jax import selection as sel
 
 
@@ -118,3 +118,19 @@ def test_train_step_compiles_once_for_two_selections(nets):
   chex.assert_trees_all_close(model(batch["image"]),
                               nnx_layers.forward(model)(p, None, batch["image"]))
   nnx_layers.assign(model, params)  # the module-scoped model back as it was
+
+
+def test_nnx_step_needs_the_memory_of_the_linen_step(nets):
+  """The same ``ops`` residuals: XLA's temp memory of the selective step equals the Linen net's,
+  below full fine-tuning's."""
+  model, params, c = nets
+  batch, s = _batch(), _selection(params, c, 0)
+  sparse, sgd = optax.chain(sparse_update(), optax.sgd(0.1)), optax.sgd(0.1)
+
+  def temp(net, tx, selection, **kw):
+    step = steps.make_train_step(net, tx, **kw)
+    return xla.compiled_stats(step, params, tx.init(params), selection, batch)["temp_bytes"]
+
+  selective = temp(model, sparse, s)
+  assert selective == temp(LinenCNN(), sparse, s, prefix_chunks=1)
+  assert selective < 0.8 * temp(model, sgd, None)
