@@ -5,10 +5,12 @@ import json
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from conftest import Killed, kill_at
 
 from trady_jax import config, costs, strategies, train, velocity
+from trady_jax.sparse_update import sparse_update
 from trady_jax import selection as sel
 from trady_jax.models.tiny import TinyCNN
 
@@ -85,6 +87,32 @@ def test_selection_is_the_fastest_neurons_per_parameter_within_the_weight_budget
   # Honest memory: every layer that trains a neuron keeps its whole input.
   assert use["activations"] == sum(c[p].activation * c[p].in_channels for p in idx if len(idx[p]))
   assert use["units"] == use["charged_units"] + use["activations"]
+
+
+def test_model_gradients_and_update_follow_the_output_selection():
+  """Through the layers: kernel gradients are dense autodiff's on the selected output channels
+  (zero elsewhere), and ``sparse_update`` leaves every other neuron bit-for-bit unchanged."""
+  params, c = _setup(300)
+  model = TinyCNN(num_classes=4)
+  s = strategies.Selector(strategies.get("velocity"), params, c, 300, neq=_Neq(np.zeros(1)))
+  selection = s.select(jax.random.key(3), 0, params, {"measured": jnp.asarray(0)})
+  x = jax.random.normal(jax.random.key(4), (4, SIZE, SIZE, 3))
+  loss = lambda p, v: jnp.sum(model.apply(v(p), x) ** 2)
+  sparse = jax.grad(loss)(params, lambda p: {"params": p, "selection": selection})
+  dense = jax.grad(loss)(params, lambda p: {"params": p})
+  idx = sel.as_numpy(selection)
+  assert sum(len(i) for i in idx.values()) > 3
+  for path, i in idx.items():
+    a, b = (np.asarray(sel.at_path(g, path)) for g in (sparse, dense))
+    np.testing.assert_allclose(a[..., i], b[..., i], rtol=1e-4, atol=1e-5)
+    assert not np.any(np.delete(a, i, axis=-1))
+  tx = optax.chain(sparse_update(), optax.sgd(0.1))
+  new, _ = tx.update(sparse, tx.init(params), params, selection=selection)
+  after = optax.apply_updates(params, new)
+  for path, i in idx.items():
+    a, b = np.asarray(sel.at_path(after, path)), np.asarray(sel.at_path(params, path))
+    np.testing.assert_array_equal(np.delete(a, i, axis=-1), np.delete(b, i, axis=-1))
+    assert np.any(a[..., i] != b[..., i])
 
 
 class _Images:
