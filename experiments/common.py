@@ -216,12 +216,17 @@ def make_run(cfg, workdir):
   if strategy.needs_ranking and doc is None:
     raise ConfigError(f"strategy {cfg.strategy!r} needs a layer ranking for {cfg.arch}: run "
                       f"`python experiments/rank_layers.py --arch {cfg.arch}` and pass --ranking")
-  stale = [] if doc is None else ranking.stale(
-      doc, ranking.network_key(net.weights, cfg.bn, net.random_init_layers))
-  if stale:
-    print(f"NOTE: the layer ranking was computed on another network (differs in {stale}); "
-          f"`python experiments/rank_layers.py --arch {cfg.arch} --bn {cfg.bn}` ranks this one",
-          flush=True)
+  notes = []
+  if doc is not None:
+    try:
+      notes = ranking.check_network(
+          doc, ranking.network_key(net.weights, cfg.bn, net.random_init_layers),
+          source=f"the layer ranking {cfg.ranking or rankings.default_path(cfg.arch).name}")
+    except ranking.RankingMismatch as e:
+      raise ConfigError(f"{e} --arch {cfg.arch} --bn {cfg.bn} --out FILE` and pass "
+                        "--ranking FILE") from None
+  for note in notes:
+    print(f"NOTE: {note}", flush=True)
   counts, biases = None, ()
   if strategy.rule == "scheme":
     counts = schemes.scheme_counts(cfg.arch, cfg.su_scheme, costs)
@@ -246,5 +251,5 @@ def make_run(cfg, workdir):
   # Velocity holds NEq's images out of the training split: the run's own count.
   run.info = {"pretrained": pretrained, "data": where, "train_images": len(run.train_source),
               "test_images": len(test_src), "bn": cfg.bn, "weights_file": net.weights,
-              "random_init_layers": list(net.random_init_layers), "ranking_stale": stale}
+              "random_init_layers": list(net.random_init_layers), "ranking_notes": notes}
   return run

@@ -1,8 +1,10 @@
 """Offline layer ranking: a short full fine-tuning on a proxy task, recording gradient norms.
 
-    python experiments/rank_layers.py --arch mbv2-w0.35 --steps 150 [--out ranking.json]
+    python experiments/rank_layers.py --arch mbv2-w0.35 --offline true [--passes 2] [--out r.json]
 
-Accumulates, over the steps, every conv layer's per-channel gradient norms (Eq. 6) and layer
+A full fine-tuning of the loaded network (the papers' protocol: lr 0.125, BatchNorm in train mode,
+batch 32; a linear warm-up over the first tenth of the steps, then cosine) over ``--passes`` whole
+epochs of the training split ("a few epochs suffice", TraDy App. D.5). Accumulates, over the steps, every conv layer's per-channel gradient norms (Eq. 6) and layer
 gradient norms, and writes layer RGN (Eq. 8) and LaRa (Eq. 9) to a JSON that runs reuse
 (``--ranking``; the default output is the ranking shipped in ``trady_jax/rankings``). The papers
 rank on CIFAR-10. The ranking is taken on the network a run trains (``--bn``, BN restored in
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import math
 from pathlib import Path
 
 import common
@@ -26,9 +29,11 @@ from trady_jax import costs as costs_lib
 
 def main(argv=None):
   ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-  ap.add_argument("--steps", type=int, default=150, help="fine-tuning steps to accumulate over")
+  ap.add_argument("--passes", type=int, default=1, help="epochs over the training split")
+  ap.add_argument("--steps", type=int, default=0,
+                  help="fine-tuning steps to accumulate over (0: --passes whole epochs)")
   ap.add_argument("--out", default="", help="output JSON (default: the shipped ranking)")
-  config.add_arguments(ap, config.Config(train_limit=5000, test_limit=10, lr=0.05))
+  config.add_arguments(ap, config.Config(test_limit=10, lr=0.125))
   args = ap.parse_args(argv)
   cfg = config.from_args(args)
   from trady_jax import data
@@ -39,6 +44,8 @@ def main(argv=None):
       image_size=cfg.image_size)
   model, params = net.module, net.params
   bn_state = () if net.batch_stats is None else (net.batch_stats,)
+  if args.steps <= 0:
+    args.steps = max(args.passes, 1) * (len(train_src) // cfg.batch_size)
   c = costs_lib.trace(model, (1, cfg.image_size, cfg.image_size, 3))
   paths = [l.path for l in c.convs]
   schedule = optax.warmup_cosine_decay_schedule(0.0, cfg.lr, max(args.steps // 10, 1),
@@ -55,13 +62,19 @@ def main(argv=None):
 
   bar = tqdm(zip(range(args.steps), stream()), total=args.steps, desc=f"ranking {cfg.arch}",
               disable=not cfg.progress)
-  for _, batch in bar:
+  for i, batch in bar:
     params, opt_state, m = step(params, opt_state, None, batch, *bn_state)
     bn_state = (m.pop("batch_stats"),) if bn_state else ()
     state = ranking.accumulate_norms(state, m["channel_norms"])
-    bar.set_postfix(loss=f"{float(m['loss']):.3f}")
+    if i % 20 == 0 or i == args.steps - 1:  # one host sync every 20 steps
+      loss = float(m["loss"])
+      if not math.isfinite(loss):
+        raise SystemExit(f"error: the ranking run diverged at step {i + 1} (loss {loss}); "
+                         "try a lower --lr")
+      bar.set_postfix(loss=f"{loss:.3f}")
   out = Path(args.out) if args.out else rankings.default_path(cfg.arch)
   ranking.save(out, state, c, arch=cfg.arch, steps=args.steps, data=where,
+               train_images=len(train_src),
                pretrained=pretrained, batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.seed,
                **ranking.network_key(net.weights, cfg.bn, net.random_init_layers))
   lr_ = ranking.layer_rgn(state["channel"], c)

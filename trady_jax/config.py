@@ -74,6 +74,8 @@ class Config:
   log_every: int = 10               # read step metrics back from the device every this many
                                     # steps (progress bar, divergence check); they stay there
                                     # in between, so the next steps are dispatched ahead
+  measure_memory: bool = False      # record the train step's XLA temp memory once per run
+                                    # (`step_temp_bytes`, memory_analysis(); one extra compile)
 
   def validate(self) -> "Config":
     """``self`` when every field is in range, else ``ConfigError`` naming the first bad one."""

@@ -11,6 +11,7 @@ steps of the per-step norms, for channels and for whole layers alike.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -117,9 +118,13 @@ def save(path: str | Path, state: Mapping, costs: NetworkCosts, **meta) -> None:
 
 
 def network_key(weights: str, bn: str, random_init_layers=()) -> dict:
-  """What a ranking was computed on, for its ``meta``: the weights file (its name), the BN mode
-  and the layers not from those weights; ``stale`` compares it with a run's network."""
-  return {"weights": Path(weights).name if weights else "", "bn": bn,
+  """What a ranking was computed on, for its ``meta``: the weights file (name and SHA-256 of its
+  content), the BN mode and the layers not from those weights; ``check_network`` compares it with a
+  run's network."""
+  digest = ""
+  if weights and Path(weights).is_file():
+    digest = hashlib.sha256(Path(weights).read_bytes()).hexdigest()[:16]
+  return {"weights": Path(weights).name if weights else "", "weights_sha256": digest, "bn": bn,
           "random_init_layers": list(random_init_layers)}
 
 
@@ -128,6 +133,34 @@ def stale(doc: Mapping, key: Mapping) -> list[str]:
   (a ranking written before the key was recorded differs in all of them)."""
   meta = doc.get("meta", {})
   return [k for k, v in key.items() if meta.get(k) != v]
+
+
+class RankingMismatch(ValueError):
+  """A ranking computed on another network than the one a run trains."""
+
+
+def check_network(doc: Mapping, key: Mapping, *, source: str = "ranking") -> list[str]:
+  """Refuse a ranking of another network; return the notes a run should print.
+
+  The papers rank the layers of the network they fine-tune (TraDy Sec. 3.3, MeDyate Sec. 3.4), so
+  a ranking whose weights (content hash) or randomly initialised layers differ from the run's is an
+  error (``RankingMismatch``): rank this network with ``experiments/rank_layers.py``. Differences
+  that keep the network (the BN mode of the ranking run) are notes. A run without pretrained
+  weights (``key['weights'] == ''``) has no network a ranking could come from: any ranking is
+  used with a note saying so.
+  """
+  diff = stale(doc, key)
+  if not key.get("weights"):
+    return [f"{source} of pretrained weights {doc.get('meta', {}).get('weights', '?')!r} used "
+            "on a randomly initialised network"] if diff else []
+  wrong = [k for k in ("weights", "weights_sha256", "random_init_layers") if k in diff]
+  if wrong:
+    meta = doc.get("meta", {})
+    what = ", ".join(f"{k}: {meta.get(k)!r} vs {key[k]!r}" for k in wrong)
+    raise RankingMismatch(f"{source} was computed on another network ({what}); rank this one "
+                          "with `python experiments/rank_layers.py")
+  return [f"{source} was ranked with --bn {doc['meta'].get('bn')}, this run uses --bn "
+          f"{key['bn']}"] if "bn" in diff else []
 
 
 def load(path: str | Path, costs: NetworkCosts | None = None) -> dict:

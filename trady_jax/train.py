@@ -151,6 +151,7 @@ class Run:
       self.eval_step = parallel.jit_eval_step(eval_step, self.mesh, batch_stats=stats)
     # What BN's backward keeps per step, beyond the budget (``batchnorm.stored_bytes``).
     self.bn_bytes = batchnorm.stored_bytes(self.costs, cfg.bn, cfg.batch_size) if stats else 0
+    self.step_memory = {}  # Config.measure_memory: the compiled step's XLA figures
     self._epoch = 0
     self._events = None  # step_metrics.EventWriter while a run trains
 
@@ -261,7 +262,7 @@ class Run:
       record = {"epoch": epoch + 1, **train_metrics, **usage,
                 "lr": float(self.schedule((epoch + 1) * self.steps_per_epoch - 1)),
                 "compilations": self.compilations, "wall_s": wall0 + time.time() - t_run,
-                "bn_bytes": self.bn_bytes}
+                "bn_bytes": self.bn_bytes, **self.step_memory}
       if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == total_epochs:
         record.update(self.evaluate(params))
       _check_finite(epoch + 1, record, params)
@@ -298,6 +299,11 @@ class Run:
     norms = grads = None
     t0, n = time.time(), 0
     for _, batch in zip(range(self.steps_per_epoch), it):
+      if cfg.measure_memory and not self.step_memory:  # what XLA's compiled step needs
+        stats = xla.compiled_stats(self.train_step, params, opt_state, selection, batch,
+                                   *self._stats_args())
+        self.step_memory = {"step_temp_bytes": stats["temp_bytes"],
+                            "step_flops": stats["flops"], "backend": jax.default_backend()}
       params, opt_state, m = self.train_step(params, opt_state, selection, batch,
                                              *self._stats_args())
       if "batch_stats" in m:
