@@ -72,6 +72,7 @@ def main(argv=None):
         raise SystemExit(f"error: the ranking run diverged at step {i + 1} (loss {loss}); "
                          "try a lower --lr")
       bar.set_postfix(loss=f"{loss:.3f}")
+  print(f"last loss {float(m['loss']):.3f} after {args.steps} steps")
   out = Path(args.out) if args.out else rankings.default_path(cfg.arch)
   ranking.save(out, state, c, arch=cfg.arch, steps=args.steps, data=where,
                train_images=len(train_src),
