@@ -364,3 +364,27 @@ def test_ranking_of_a_larger_network_and_its_key(tiny, tmp_path):
   extra = dataclasses.replace(c.convs[0], path="extra/kernel")
   with pytest.raises(ValueError, match="do not match"):
     ranking.load(tmp_path / "r.json", costs_lib.NetworkCosts(c.layers + (extra,)))
+
+
+def test_a_ranking_of_another_network_is_refused(tiny, tmp_path):
+  """Rankings are keyed to the content of the weights they came from: other weights (even under
+  the same file name) or other random layers are an error; another BN mode is a note; a run
+  without pretrained weights uses any ranking with a note."""
+  _, _, c = tiny
+  w, other = tmp_path / "w.npz", tmp_path / "x" / "w.npz"
+  other.parent.mkdir()
+  w.write_bytes(b"weights")
+  other.write_bytes(b"other weights")
+  key = ranking.network_key(str(w), "train")
+  assert key["weights"] == "w.npz" and len(key["weights_sha256"]) == 16
+  ranking.save(tmp_path / "r.json", ranking.init(c), c, **key)
+  doc = ranking.load(tmp_path / "r.json", c)
+  assert ranking.check_network(doc, key) == []
+  with pytest.raises(ranking.RankingMismatch, match="weights_sha256"):
+    ranking.check_network(doc, ranking.network_key(str(other), "train"))
+  with pytest.raises(ranking.RankingMismatch, match="random_init_layers"):
+    ranking.check_network(doc, ranking.network_key(str(w), "train", ["head/kernel"]))
+  assert "--bn train" in ranking.check_network(doc, ranking.network_key(str(w), "folded"))[0]
+  assert "randomly initialised" in ranking.check_network(doc, ranking.network_key("", "train"))[0]
+  with pytest.raises(ranking.RankingMismatch):  # a ranking written before keys were recorded
+    ranking.check_network({"meta": {}}, key)
