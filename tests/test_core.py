@@ -13,7 +13,7 @@ import optax
 import pytest
 
 from trady_jax import costs as costs_lib
-from trady_jax import layers, ranking, samplers, sparse_update
+from trady_jax import layers, ranking, samplers, sparse_update, strategies
 from trady_jax import selection as sel
 
 
@@ -175,6 +175,29 @@ def test_sparse_update_keeps_inner_state_only_for_the_pool(tiny):
   outside = sel.build(params, {"first_conv/kernel": c["first_conv/kernel"].channels([0])})
   with pytest.raises(ValueError, match=r"\['first_conv/kernel'\], outside"):
     pooled.update(g, p_state, p, selection=outside)
+
+
+def test_selector_pool_holds_every_selection_of_a_run(tiny):
+  """A strategy's pool covers what it draws, and leaves out what it never trains."""
+  model, params, c = tiny
+  scheme = {"blocks_1_pointwise2/kernel": 3}
+  nbytes = lambda t: sum(x.nbytes for x in jax.tree.leaves(t))
+  for name, kw, trained in [
+      ("d-full-random", {"allocation": "fixed"},
+       [l.path for l in c.convs] + ["classifier/bias", "classifier/kernel"]),
+      ("su", {"scheme_counts": scheme, "scheme_biases": ["blocks_1_pointwise2/bias"]},
+       ["blocks_1_pointwise2/bias", *scheme, "classifier/bias", "classifier/kernel"])]:
+    selector = strategies.Selector(strategies.get(name), params, c, 5000, **kw)
+    mask = sel.trained_mask(selector.pool)
+    assert sorted(p for p in sel.leaf_paths(params) if sel.at_path(mask, p)) == sorted(trained)
+    tx = sparse_update(optax.adam(1e-2), pool=selector.pool)
+    state = tx.init(params)
+    assert nbytes(state) == 2 * sum(sel.at_path(params, p).nbytes for p in trained) + 4
+    zeros = jax.tree.map(jnp.zeros_like, params)
+    for epoch in range(3):  # raises for a selection outside the pool
+      s = selector.select(jax.random.key(0), epoch, params, {})
+      tx.update(zeros, state, params, selection=s)
+  assert strategies.Selector(strategies.get("baseline"), params, c, 5000).pool is None
 
 
 def test_sparse_update_errors(tiny):

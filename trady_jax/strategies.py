@@ -60,6 +60,7 @@ Remaining deviations from the papers, and choices where they are silent:
 from __future__ import annotations
 
 import dataclasses
+import re
 from typing import Any, Callable, Mapping, Sequence
 
 import jax
@@ -200,6 +201,17 @@ class Selector:
   def layers(self) -> list[str]:
     """Paths of the candidate layers (empty for baseline / su)."""
     return [] if self.sampler is None else [l.path for l in self.sampler.layers]
+
+  @property
+  def pool(self) -> PyTree | None:
+    """Every leaf this strategy's selections can train (``selection.pool``), for
+    ``sparse_update(inner, pool=selector.pool)``; ``None`` for full fine-tuning."""
+    if self.strategy.rule == "full":
+      return None
+    if self.sampler is None:  # a fixed scheme: its layers and bias leaves (``fixed_scheme``)
+      return sel.pool(self.template, [p for p, k in self.scheme_counts.items() if k > 0],
+                      trainable=(*sel.ALWAYS, *(f"^{re.escape(b)}$" for b in self.scheme_biases)))
+    return sel.pool(self.template, self.layers, trainable=self.sampler.trainable)
 
   def init_state(self) -> dict:
     if self.strategy.rule == "medyate":
