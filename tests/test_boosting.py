@@ -18,10 +18,14 @@ BUDGET = 280
 DRAWS = 4000
 
 
-def _selector(name):
+def _net():
   model = TinyCNN(num_classes=4)
   params = model.init(jax.random.key(0), jnp.zeros((1, SIZE, SIZE, 3)))["params"]
-  c = costs.trace(model, (1, SIZE, SIZE, 3))
+  return params, costs.trace(model, (1, SIZE, SIZE, 3))
+
+
+def _selector(name):
+  params, c = _net()
   doc = {"layer_rgn": {l.path: 1.0 if l.path in POOL else 1e-9 for l in c.convs},
          "lara": {l.path: POOL.get(l.path, 1e-3) for l in c.convs}}
   # alpha: MeDyate's K (B / M_K <= alpha) is reached with the fourth layer by LaRa.
@@ -86,3 +90,12 @@ def test_boosted_medyate_starts_from_lara_then_stored_norms():
   after = s.observe(state, measured, selection)
   chosen = np.asarray(jax.device_get(after["seen"]))
   assert chosen.sum() == 1 and np.allclose(np.asarray(after["norms"])[chosen], 0.5)
+
+
+def test_boosting_refuses_fixed_counts():
+  """A layer's channels share one weight: with fixed per-layer counts boosting changes nothing."""
+  params, c = _net()
+  doc = {"layer_rgn": {l.path: 1.0 for l in c.convs}, "lara": {l.path: 1.0 for l in c.convs}}
+  with pytest.raises(ValueError, match="fixed"):
+    strategies.Selector(strategies.get("boosted-trady"), params, c, BUDGET, ranking_doc=doc,
+                        allocation="fixed")

@@ -168,6 +168,9 @@ class Selector:
     pool = velocity.output_costs(costs) if strategy.rule == "velocity" else costs
     if strategy.rule == "velocity" and neq is None:
       raise ValueError("strategy 'velocity' needs NEq measurements (velocity.NEq)")
+    if strategy.boost and allocation == "fixed":
+      raise ValueError(f"{strategy.name!r} weights whole layers, so with fixed per-layer counts it "
+                       "is the unboosted strategy; use allocation 'padded' or 'exact'")
     sampler = make(template, pool, budget, paths, allocation=allocation)
     # Boosting: a channel's weight is its layer's LaRa (Eq. 9), for every channel of the layer.
     self.lara = None if not strategy.boost else jnp.maximum(samplers.pool_vector(sampler, {
