@@ -25,10 +25,10 @@ import tempfile
 import time
 from pathlib import Path
 
-import common
 import numpy as np
 from PIL import Image
 
+from trady_jax import experiment
 from trady_jax import data, paper
 from trady_jax.config import Config
 from trady_jax.data import transforms as T
@@ -197,7 +197,7 @@ def main(argv=None):
                strategy=args.strategy, batch_size=args.batch, num_workers=args.workers,
                epochs=2 * args.rounds + 1, warmup_epochs=0, max_steps_per_epoch=args.steps,
                test_limit=2 * args.batch, progress=False, lr=0.01)
-  run = common.make_run(cfg, Path(tmp.name) / "run")
+  run = experiment.build_run(cfg, Path(tmp.name) / "run")
   run.batches = alternating(run.batches, run.steps_per_epoch)
   epochs = []
   result = run.run(on_epoch_end=lambda e, rec: epochs.append(rec["images_per_s"]))

@@ -35,12 +35,12 @@ import functools
 import json
 import os
 
-import common  # noqa: F401  (sys.path set-up)
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
+from trady_jax import experiment
 from trady_jax import costs as costs_lib
 from trady_jax import batchnorm, depthwise, ops, parallel, prefix, ranking, samplers, sparse_update, steps
 from trady_jax import paper, xla
@@ -127,8 +127,9 @@ def main(argv=None):
   rng = np.random.default_rng(0)
   batch = {"image": jnp.asarray(rng.uniform(-1, 1, (args.batch, size, size, 3)), jnp.float32),
            "label": jnp.asarray(rng.integers(0, 10, args.batch), jnp.int32)}
-  net, pretrained = common.load_network(args.arch, 10, bn=args.bn, calibration=[batch["image"]],
-                                        weights_dir=args.weights_dir, image_size=size)
+  net, pretrained = experiment.load_network(
+      args.arch, 10, bn=args.bn, calibration=[batch["image"]], weights_dir=args.weights_dir,
+      image_size=size)
   model, params = net.module, net.params
   # BN running statistics: an extra step argument, and BN layers in batch-statistics mode.
   bn_state = () if net.batch_stats is None else (net.batch_stats,)
@@ -141,7 +142,7 @@ def main(argv=None):
     return model.apply(variables, x)
 
   costs = costs_lib.trace(model, (1, size, size, 3))
-  doc = common.load_ranking(args.arch, args.ranking, costs)
+  doc = experiment.load_ranking(args.arch, args.ranking, costs)
   if doc is None:
     raise SystemExit(f"no layer ranking for {args.arch}: run experiments/rank_layers.py first")
   pool = ranking.top_k_share(doc["layer_rgn"], args.share)

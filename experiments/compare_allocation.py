@@ -24,12 +24,12 @@ import argparse
 import json
 import time
 
-import common  # noqa: F401
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
+from trady_jax import experiment
 from trady_jax import costs as costs_lib
 from trady_jax import paper, samplers, sparse_update, steps, strategies, xla
 from trady_jax import selection as sel
@@ -60,10 +60,10 @@ def main(argv=None):
   ap.add_argument("--image-size", type=int, default=128)
   ap.add_argument("--json", action="store_true")
   args = ap.parse_args(argv)
-  model, params, _ = common.load_model(args.arch, 10, pretrained=False)
+  model, params, _ = experiment.load_model(args.arch, 10, pretrained=False)
   size = args.image_size
   net = costs_lib.trace(model, (1, size, size, 3))
-  doc = common.load_ranking(args.arch, "", net)
+  doc = experiment.load_ranking(args.arch, "", net)
   strategy = strategies.get(args.strategy)
   if strategy.rule in ("full", "scheme"):
     raise SystemExit(f"{strategy.name} has no sampler")

@@ -8,11 +8,8 @@
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # let `python experiments/grid.py` import the package from a checkout
-  sys.path.insert(0, str(ROOT))
 
-from trady_jax.grid import cli  # noqa: E402
+from trady_jax.grid import cli
 
 if __name__ == "__main__":
   sys.exit(cli.main(train_script=Path(__file__).with_name("train.py")))

@@ -16,9 +16,9 @@ import argparse
 import collections
 import json
 
-import common  # noqa: F401
 import jax
 
+from trady_jax import experiment
 from trady_jax import costs as costs_lib
 from trady_jax import depthwise, ops, paper, xla
 from trady_jax.layers import explicit_padding
@@ -48,7 +48,7 @@ def main(argv=None):
                   help="time the depthwise layers in both formulations (xla, shifted)")
   ap.add_argument("--json", action="store_true")
   args = ap.parse_args(argv)
-  model, _, _ = common.load_model(args.arch, 10, pretrained=False)
+  model, _, _ = experiment.load_model(args.arch, 10, pretrained=False)
   net = costs_lib.trace(model, (1, args.image_size, args.image_size, 3))
   key = jax.random.key(0)
   print(f"{args.arch}, batch {args.batch}, {args.image_size}x{args.image_size}, backend "

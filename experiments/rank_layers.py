@@ -18,11 +18,11 @@ import itertools
 import math
 from pathlib import Path
 
-import common
 import jax
 import optax
 from tqdm.auto import tqdm
 
+from trady_jax import experiment
 from trady_jax import config, ranking, rankings, steps, train
 from trady_jax import costs as costs_lib
 
@@ -37,9 +37,10 @@ def main(argv=None):
   args = ap.parse_args(argv)
   cfg = config.from_args(args)
   from trady_jax import data
-  train_src, _, num_classes, where = common.open_data(cfg)
-  net, pretrained = common.load_network(
-      cfg.arch, num_classes, bn=cfg.bn, calibration=common.calibration_batches(cfg, train_src),
+  train_src, _, num_classes, where = experiment.open_data(cfg)
+  net, pretrained = experiment.load_network(
+      cfg.arch, num_classes, bn=cfg.bn,
+      calibration=experiment.calibration_batches(cfg, train_src),
       pretrained=cfg.pretrained, weights_dir=cfg.weights_dir, seed=cfg.seed,
       image_size=cfg.image_size)
   model, params = net.module, net.params

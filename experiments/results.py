@@ -27,11 +27,8 @@ import sys
 import warnings
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # let `python experiments/results.py` import the package
-  sys.path.insert(0, str(ROOT))
 
-from trady_jax.report.records import ResultsWarning  # noqa: E402
+from trady_jax.report.records import ResultsWarning
 
 
 def main(argv=None) -> int:

@@ -1,7 +1,6 @@
 """Exact memory totals (method-spec 0.3, Appendix A), MIT SU schemes (7.3) and the report script."""
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -11,8 +10,7 @@ from trady_jax import models
 from trady_jax.models import schemes
 from trady_jax.paper import BASELINE_UNITS, BUDGET_SCHEMES, BUDGETS
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
-import memory_report  # noqa: E402
+from trady_jax.report import memory as memory_report
 
 # arch: (conv layers, weights, activations, total) at 128x128, batch 1, with the feature-mix conv.
 TOTALS = {"mbv2-w0.35": (52, 288_864, 963_456, 1_252_320),

@@ -1,6 +1,5 @@
 """Bad input and bad luck: refused flags, diverging runs, busy workdirs, vanished checkpoints."""
 
-import importlib.util
 import json
 import shutil
 import subprocess
@@ -10,8 +9,9 @@ from pathlib import Path
 import pytest
 from test_train import _run
 
-from trady_jax import atomic, workdir
+from trady_jax import atomic, experiment, workdir
 from trady_jax.config import Config, ConfigError
+from trady_jax.experiment import cli as cli_lib
 from trady_jax.grid import cli, launch, plan
 from trady_jax.report import records
 from trady_jax.train import DivergedError
@@ -24,23 +24,10 @@ SMOKE = ["--arch", "tiny", "--dataset", "synthetic", "--strategy", "baseline", "
          "--warmup-epochs", "0", "--max-steps-per-epoch", "2", "--progress", "false"]
 
 
-def _load(name):
-  if str(EXPERIMENTS) not in sys.path:
-    sys.path.insert(0, str(EXPERIMENTS))  # the scripts import their `common`
-  spec = importlib.util.spec_from_file_location(f"_exp_{name}", EXPERIMENTS / f"{name}.py")
-  mod = importlib.util.module_from_spec(spec)
-  sys.modules[spec.name] = mod
-  spec.loader.exec_module(mod)
-  return mod
-
-
-script = _load("train")
-
-
 def _main(capsys, argv):
   """``(exit status, stdout, stderr lines)`` of train.py's main in this process."""
   try:
-    code = script.common.cli(lambda: script.main(argv))
+    code = cli_lib.exit_status(lambda: cli_lib.train_main(argv))
   except SystemExit as e:  # argparse
     code = e.code
   out = capsys.readouterr()
@@ -111,7 +98,7 @@ def test_refusal_in_a_process_has_no_traceback(tmp_path):
 
 def test_help_says_what_each_flag_means(capsys):
   with pytest.raises(SystemExit):
-    script.main(["--help"])
+    cli_lib.train_main(["--help"])
   text = " ".join(capsys.readouterr().out.split())
   assert "0 = the papers' default for the dataset" in text
   assert "--topk-share" in text and "(default: 0.97)" in text
@@ -128,11 +115,11 @@ def test_config_validate():
 def test_su_scheme_over_budget(capsys):
   cfg = Config(arch="mbv2-w0.35", strategy="su", su_scheme=1, budget=27_000)
   with pytest.raises(ConfigError, match="28,282 units, more than --budget 27,000"):
-    script.common.check_config(cfg)
+    experiment.check_config(cfg)
   # The papers' own budget of scheme 1 (a known 336-unit discrepancy) runs, saying what it uses.
-  script.common.check_config(Config(arch="mbv2-w0.35", strategy="su", su_scheme=1, budget=27_946))
+  experiment.check_config(Config(arch="mbv2-w0.35", strategy="su", su_scheme=1, budget=27_946))
   assert "uses 28,282 units" in capsys.readouterr().out
-  script.common.check_config(Config(arch="mcunet-in1", strategy="su", su_scheme=5,
+  experiment.check_config(Config(arch="mcunet-in1", strategy="su", su_scheme=5,
                                     budget=112_640))
 
 
@@ -193,8 +180,7 @@ def test_nan_loss_stops_at_its_step(tmp_path):
 
 def _holder_process(wd):
   """A process that holds ``wd``'s lock until killed (e.g. a trainer whose launcher died)."""
-  code = (f"import sys, time; sys.path.insert(0, {str(Path(TRAIN).parents[1])!r}); "
-          f"from trady_jax import workdir; workdir.acquire({str(wd)!r}); print('held', flush=True);"
+  code = (f"import time; from trady_jax import workdir; workdir.acquire({str(wd)!r}); print('held', flush=True);"
           " time.sleep(600)")
   p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
   assert p.stdout.readline().strip() == "held"

@@ -1,0 +1,101 @@
+"""A run from a ``Config``: data, network, ranking and SU scheme resolved (``build_run``),
+trained to the end with its ``final.json`` written (``run``)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from trady_jax import costs as costs_lib
+from trady_jax import ranking, rankings, strategies, train, workdir as workdir_lib
+from trady_jax.config import Config, ConfigError
+from trady_jax.experiment.checks import check_scheme_budget
+from trady_jax.experiment.inputs import calibration_batches, open_data
+from trady_jax.experiment.network import load_network, load_ranking
+from trady_jax.models import schemes
+from trady_jax.report import records
+
+
+def default_workdir(cfg: Config) -> str:
+  """``runs/<arch>-<dataset>-<strategy>-b<budget>-s<seed>``."""
+  return (f"runs/{cfg.arch}-{cfg.dataset.replace(':', '_').replace('/', '_')}-"
+          f"{cfg.strategy}-b{cfg.budget}-s{cfg.seed}")
+
+
+def build_run(cfg: Config, workdir: str | Path) -> train.Run:
+  """A ``trady_jax.train.Run`` for a config: data, network, ranking and SU scheme resolved."""
+  from trady_jax import data  # imports tensorflow-datasets: only when a run is built
+  train_src, test_src, num_classes, where = open_data(cfg)
+  net, pretrained = load_network(cfg.arch, num_classes, bn=cfg.bn,
+                                 calibration=calibration_batches(cfg, train_src),
+                                 pretrained=cfg.pretrained, weights_dir=cfg.weights_dir,
+                                 seed=cfg.seed, image_size=cfg.image_size,
+                                 download=not cfg.offline)
+  model, params = net.module, net.params
+  costs = costs_lib.trace(model, (1, cfg.image_size, cfg.image_size, 3))
+  strategy = strategies.get(cfg.strategy)
+  doc = load_ranking(cfg.arch, cfg.ranking, costs) if strategy.needs_ranking else None
+  if strategy.needs_ranking and doc is None:
+    raise ConfigError(f"strategy {cfg.strategy!r} needs a layer ranking for {cfg.arch}: run "
+                      f"`python experiments/rank_layers.py --arch {cfg.arch}` and pass --ranking")
+  notes = []
+  if doc is not None:
+    try:
+      notes = ranking.check_network(
+          doc, ranking.network_key(net.weights, cfg.bn, net.random_init_layers),
+          source=f"the layer ranking {cfg.ranking or rankings.default_path(cfg.arch).name}")
+    except ranking.RankingMismatch as e:
+      raise ConfigError(f"{e} --arch {cfg.arch} --bn {cfg.bn} --out FILE` and pass "
+                        "--ranking FILE") from None
+  for note in notes:
+    print(f"NOTE: {note}", flush=True)
+  counts, biases = None, ()
+  if strategy.rule == "scheme":
+    counts = schemes.scheme_counts(cfg.arch, cfg.su_scheme, costs)
+    biases = schemes.bias_paths(cfg.arch, cfg.su_scheme, costs)
+    check_scheme_budget(cfg, costs.usage(counts)["units"])
+  print(f"{cfg.arch} ({'pretrained' if pretrained else 'random init'}), {len(train_src)} train / "
+        f"{len(test_src)} test images from {where}, strategy {cfg.strategy}, "
+        f"budget {cfg.budget:,} units", flush=True)
+  print(f"training on {len(train_src)} images, {cfg.total_epochs()} epochs "
+        f"({cfg.warmup_epochs} warm-up), lr {cfg.lr}, bn {cfg.bn}, weights "
+        f"{net.weights or 'none (random init)'}; random-init layers: "
+        f"{', '.join(net.random_init_layers) or 'none'}", flush=True)
+
+  def batches(source, batch_size, *, train, seed, epoch):
+    return data.batches(source, batch_size, train=train, seed=seed, epoch=epoch,
+                        num_workers=cfg.num_workers, image_size=cfg.image_size,
+                        pad_remainder=not train)
+
+  run = train.Run(cfg, workdir, model=model, params=params, train_source=train_src,
+                  test_source=test_src, batches=batches, ranking_doc=doc, scheme_counts=counts,
+                  batch_stats=net.batch_stats, scheme_biases=biases)
+  # Velocity holds NEq's images out of the training split: the run's own count.
+  run.info = {"pretrained": pretrained, "data": where, "train_images": len(run.train_source),
+              "test_images": len(test_src), "bn": cfg.bn, "weights_file": net.weights,
+              "random_init_layers": list(net.random_init_layers), "ranking_notes": notes}
+  return run
+
+
+def run(cfg: Config, workdir: str | Path | None = None) -> dict:
+  """Train ``cfg`` in ``workdir`` to the end (resuming a checkpoint) and return its final record,
+  also written to ``WORKDIR/final.json``; a run that had finished is left as it was.
+
+  >>> import tempfile
+  >>> from trady_jax import config, experiment
+  >>> cfg = config.Config(arch="tiny", dataset="synthetic", strategy="d-full-random", epochs=1,
+  ...                     warmup_epochs=0, max_steps_per_epoch=1, train_limit=64, test_limit=32,
+  ...                     progress=False)
+  >>> final = experiment.run(cfg, tempfile.mkdtemp() + "/run")  # doctest: +ELLIPSIS
+  tiny (random init), ...
+  >>> sorted(k for k in final if k in ("test_accuracy", "units", "bn"))
+  ['bn', 'test_accuracy', 'units']
+  """
+  wd = str(workdir or default_workdir(cfg))
+  with workdir_lib.locked(wd):
+    r = build_run(cfg, wd)
+    final = r.run()
+    if not r.epochs_trained and records.is_finished(wd):
+      print(f"{wd} had finished; its final.json is left as it was")
+      return json.loads((r.workdir / "final.json").read_text())
+    return records.write_final(r.workdir, {**final, **r.info, "workdir": wd}, cfg)
