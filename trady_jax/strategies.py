@@ -44,10 +44,14 @@ Remaining deviations from the papers, and choices where they are silent:
   charges its depthwise layer without k x k (``schemes.table_units``).
 * BatchNorm scale and shift are trained by every strategy, outside the budget (``--bn train``).
 * Boosting: a channel's weight is its layer's LaRa itself, not the layer's LaRa shared among its
-  channels (the normalisation is not stated); boosted-medyate keeps MeDyate's epoch-2 rule.
+  channels (the normalisation is not stated); boosted-medyate keeps MeDyate's epoch-2 rule. The
+  weights differ only between layers, so boosting needs a cross-layer allocation (fixed per-layer
+  counts are refused); its more variable counts grow the padded capacities more often
+  (boosted-trady: 5 compilations in 6 epochs on mbv2-w0.35 at 27,946, trady 3).
 * Velocity (``velocity``): the budget counts weights only (``--budget`` is a parameter count;
-  the TraDy table's Velocity rows use the SU scheme's weight part, 22,410 beside 27,946 on
-  mbv2-w0.35 [inference]); a trained neuron keeps its layer's whole input, reported as
+  the TraDy table's Velocity rows presumably use the SU scheme's weight part,
+  ``velocity.scheme_weight_budget``: 22,410 beside 27,946 on mbv2-w0.35); a trained neuron
+  keeps its layer's whole input, reported as
   ``activations`` (mbv2-w0.35, ``--budget 27946``: 27,942 charged units but 678,950 stored,
   activation sparsity 0.32). ``C^w`` is ``kh kw C_in / g`` (the WACV code counts the full
   ``C_in`` for depthwise and adds the bias). ``phi^0 = v^0 = 0``; the first epoch is random (the
