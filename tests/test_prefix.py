@@ -115,3 +115,23 @@ def test_chunked_evaluation_counts_the_same_with_less_memory(net):
   whole = tiny.apply({"params": tp}, batch["image"])
   np.testing.assert_allclose(prefix.apply_stages(tiny, {"params": tp}, batch["image"], None, 4),
                              whole, rtol=1e-5, atol=1e-6)
+
+
+def test_evaluation_sums_the_train_steps_loss():
+  """``make_eval_step(loss_fn=...)`` sums the train step's loss per example (padding excluded)."""
+  tiny = TinyCNN(num_classes=10)
+  params = tiny.init(jax.random.key(0), jnp.zeros((1, 16, 16, 3)))["params"]
+  rng = np.random.default_rng(1)
+  batch = {"image": jnp.asarray(rng.uniform(-1, 1, (6, 16, 16, 3)), jnp.float32),
+           "label": jnp.asarray(rng.integers(0, 10, 6), jnp.int32), "mask": jnp.arange(6) < 4}
+
+  def smoothed(logits, labels):
+    return optax.softmax_cross_entropy(logits, optax.smooth_labels(jax.nn.one_hot(labels, 10),
+                                                                   0.2)).mean()
+
+  logits = tiny.apply({"params": params}, batch["image"])
+  want = float(smoothed(logits[:4], batch["label"][:4])) * 4
+  got = steps.make_eval_step(tiny, loss_fn=smoothed, chunks=1)(params, batch)
+  np.testing.assert_allclose(float(got["loss_sum"]), want, rtol=1e-5)
+  plain = steps.make_eval_step(tiny, chunks=1)(params, batch)
+  assert abs(float(plain["loss_sum"]) - want) > 1e-3  # the default loss is another one

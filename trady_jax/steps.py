@@ -83,9 +83,11 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, *,
   return step
 
 
-def make_eval_step(model: nn.Module, *, chunks: int = 8) -> Callable:
+def make_eval_step(model: nn.Module, *, loss_fn: Callable = cross_entropy,
+                   chunks: int = 8) -> Callable:
   """``eval_step(params, batch[, batch_stats]) -> {'correct', 'count', 'loss_sum'}`` (sums, for
-  exact averages); BN layers use the running statistics ``batch_stats``.
+  exact averages); BN layers use the running statistics ``batch_stats``. ``loss_fn`` is the train
+  step's (a batch mean, ``loss_fn(logits, labels)``), applied to each example for the sum.
 
   An optional boolean ``batch['mask']`` marks padding examples (False) that must not count, so the
   last, padded batch of a test split keeps the compiled shape. The forward pass runs ``chunks``
@@ -97,7 +99,7 @@ def make_eval_step(model: nn.Module, *, chunks: int = 8) -> Callable:
     variables = {"params": params} if batch_stats is None else {"params": params,
                                                                  "batch_stats": batch_stats}
     logits = prefix.apply_stages(model, variables, batch["image"], None, chunks)
-    losses = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"])
+    losses = jax.vmap(lambda z, y: loss_fn(z[None], y[None]))(logits, batch["label"])
     valid = batch.get("mask", jnp.ones(batch["label"].shape, bool))
     return {"correct": jnp.sum((jnp.argmax(logits, -1) == batch["label"]) & valid),
             "count": jnp.sum(valid),
