@@ -44,62 +44,16 @@ from trady_jax import experiment
 from trady_jax import costs as costs_lib
 from trady_jax import batchnorm, depthwise, ops, parallel, prefix, ranking, samplers, sparse_update, steps
 from trady_jax import paper, xla
+from trady_jax.models import torch_peer
 from trady_jax import selection as sel
 
 MiB = 2**20
-
-
-def residual_bytes(loss, params) -> dict[str, int]:
-  """Bytes of what autodiff saves for the backward pass, by kind (parameters excluded)."""
-  from jax._src.ad_checkpoint import saved_residuals  # the library behind print_saved_residuals
-  out = {"float_activations": 0, "bool_masks": 0, "other": 0}
-  for aval, where in saved_residuals(loss, params):
-    if "argument" in where:  # parameters and the batch: already live, not temp memory
-      continue
-    n = int(np.prod(aval.shape)) * aval.dtype.itemsize
-    kind = ("bool_masks" if aval.dtype in (jnp.bool_, jnp.uint8) else
-            "float_activations" if jnp.issubdtype(aval.dtype, jnp.floating) else "other")
-    out[kind] += n
-  return out
 
 
 def gradient_path(selection_counts, costs: costs_lib.NetworkCosts) -> list:
   """Conv layers from the selected one nearest the input up to the output."""
   first = min(costs[p].index for p, k in selection_counts.items() if k and costs[p].charged)
   return [l for l in costs.convs if l.index >= first]
-
-
-def torch_peer_step(model, params, batch, jax_steps: dict, repeats: int) -> dict:
-  """``peer`` entries: PyTorch's full fine-tuning step on the same network, weights and batch,
-  timed in rounds interleaved with ``jax_steps`` (zero-argument calls, re-timed beside it)."""
-  from trady_jax.models import torch_peer
-  if not torch_peer.available():
-    print("peer torch: skipped, torch is not installed (optional: pip install torch)", flush=True)
-    return {"torch": "not installed"}
-  import torch
-  torch.set_num_threads(os.cpu_count() or 1)
-  try:
-    net = torch_peer.torch_model(model, params)
-  except NotImplementedError as err:  # e.g. BN layers, or a model family it does not build
-    print(f"peer torch: skipped, {err}", flush=True)
-    return {"torch": f"unsupported: {err}"}
-  x = torch_peer.to_nchw(batch["image"])
-  y = torch.from_numpy(np.asarray(batch["label"], np.int64))
-  ref = np.asarray(model.apply({"params": params}, batch["image"]))
-  with torch.no_grad():
-    diff = float(np.abs(net(x).numpy() - ref).max())
-  if diff > 1e-3 * max(1.0, float(np.abs(ref).max())):
-    raise SystemExit(f"the PyTorch peer is not the same network: logits differ by {diff:.3g}")
-  step = torch_peer.sgd_step(net, 0.01)
-  times = xla.interleaved_median_times({**jax_steps, "torch": lambda: step(x, y)},
-                                       repeats=repeats, warmup=2)
-  step_s = times.pop("torch")
-  print(f"  torch: full step {step_s:.3f} s  ({torch.__version__}, {torch.get_num_threads()} "
-        f"threads; logits match the Flax model to {diff:.1e}); interleaved with it: "
-        + ", ".join(f"{k} {v:.3f} s" for k, v in times.items()), flush=True)
-  return {"torch_full_step_s": step_s, "torch_version": torch.__version__,
-          "torch_threads": torch.get_num_threads(), "torch_logits_max_abs_diff": diff,
-          "interleaved_step_s": times}
 
 
 def main(argv=None):
@@ -230,7 +184,7 @@ def main(argv=None):
   if args.peer == "torch" and bn_state:
     print("peer torch: skipped, the peer is built from the BN-folded form (--bn folded)")
   elif args.peer == "torch":
-    report["peer"] = torch_peer_step(model, host_params, host_batch,
+    report["peer"] = torch_peer.timed_full_step(model, host_params, host_batch,
                                      {k: timed[k] for k in ("full", "trady")}, args.repeats)
 
   # The time ratio from rounds that alternate the steps, so both see the same machine load.
@@ -245,7 +199,7 @@ def main(argv=None):
   local = {k: v[:per_device] for k, v in host_batch.items()}  # one device's share of the batch
   loss = lambda p: steps.cross_entropy(
       logits({"params": p, "selection": selections[0]}, local["image"]), local["label"])
-  res = residual_bytes(loss, params)
+  res = xla.residual_bytes(loss, params)
   eval_step = steps.make_eval_step(model, chunks=1)  # inference on the whole batch
   eval_jit = jax.jit(eval_step) if mesh is None else parallel.jit_eval_step(
       eval_step, mesh, batch_stats=bool(bn_state))

@@ -80,3 +80,20 @@ def interleaved_median_times(calls: dict[str, Callable], repeats: int = 5,
       jax.block_until_ready(fn())
       times[k].append(time.perf_counter() - t)
   return {k: statistics.median(v) for k, v in times.items()}
+
+
+def residual_bytes(loss, params) -> dict[str, int]:
+  """Bytes of what autodiff saves for ``loss``'s backward pass at ``params``, by kind: float
+  activations, bool masks, other (arguments excluded: already live, not temp memory)."""
+  import jax.numpy as jnp
+  import numpy as np
+  from jax._src.ad_checkpoint import saved_residuals  # the library behind print_saved_residuals
+  out = {"float_activations": 0, "bool_masks": 0, "other": 0}
+  for aval, where in saved_residuals(loss, params):
+    if "argument" in where:  # parameters and the batch: already live, not temp memory
+      continue
+    n = int(np.prod(aval.shape)) * aval.dtype.itemsize
+    kind = ("bool_masks" if aval.dtype in (jnp.bool_, jnp.uint8) else
+            "float_activations" if jnp.issubdtype(aval.dtype, jnp.floating) else "other")
+    out[kind] += n
+  return out

@@ -11,6 +11,7 @@ SGD). torch is an optional extra, imported only here and only when called.
 from __future__ import annotations
 
 import functools
+import os
 from types import SimpleNamespace
 from typing import Any, Callable
 
@@ -206,3 +207,36 @@ def sgd_step(net, lr: float = 0.01) -> Callable:
     return float(loss.detach())
 
   return step
+
+
+def timed_full_step(model, params, batch, jax_steps: dict, repeats: int) -> dict:
+  """``peer`` entries: PyTorch's full fine-tuning step on the same network, weights and batch,
+  timed in rounds interleaved with ``jax_steps`` (zero-argument calls, re-timed beside it)."""
+  if not available():
+    print("peer torch: skipped, torch is not installed (optional: pip install torch)", flush=True)
+    return {"torch": "not installed"}
+  import torch
+  torch.set_num_threads(os.cpu_count() or 1)
+  try:
+    net = torch_model(model, params)
+  except NotImplementedError as err:  # e.g. BN layers, or a model family it does not build
+    print(f"peer torch: skipped, {err}", flush=True)
+    return {"torch": f"unsupported: {err}"}
+  x = to_nchw(batch["image"])
+  y = torch.from_numpy(np.asarray(batch["label"], np.int64))
+  ref = np.asarray(model.apply({"params": params}, batch["image"]))
+  with torch.no_grad():
+    diff = float(np.abs(net(x).numpy() - ref).max())
+  if diff > 1e-3 * max(1.0, float(np.abs(ref).max())):
+    raise SystemExit(f"the PyTorch peer is not the same network: logits differ by {diff:.3g}")
+  step = sgd_step(net, 0.01)
+  from trady_jax import xla
+  times = xla.interleaved_median_times({**jax_steps, "torch": lambda: step(x, y)},
+                                       repeats=repeats, warmup=2)
+  step_s = times.pop("torch")
+  print(f"  torch: full step {step_s:.3f} s  ({torch.__version__}, {torch.get_num_threads()} "
+        f"threads; logits match the Flax model to {diff:.1e}); interleaved with it: "
+        + ", ".join(f"{k} {v:.3f} s" for k, v in times.items()), flush=True)
+  return {"torch_full_step_s": step_s, "torch_version": torch.__version__,
+          "torch_threads": torch.get_num_threads(), "torch_logits_max_abs_diff": diff,
+          "interleaved_step_s": times}
