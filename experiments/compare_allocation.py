@@ -33,6 +33,7 @@ from trady_jax import experiment
 from trady_jax import costs as costs_lib
 from trady_jax import paper, samplers, sparse_update, steps, strategies, xla
 from trady_jax import selection as sel
+from trady_jax import selector as selector_lib
 
 
 def shares(counts, net) -> dict[str, float]:
@@ -60,19 +61,21 @@ def main(argv=None):
   ap.add_argument("--image-size", type=int, default=128)
   ap.add_argument("--json", action="store_true")
   args = ap.parse_args(argv)
-  model, params, _ = experiment.load_model(args.arch, 10, pretrained=False)
+  # The network the shipped ranking was computed on: the pretrained one (random weights, loudly,
+  # when none are found; only their shapes matter here).
+  model, params, _ = experiment.load_model(args.arch, 10)
   size = args.image_size
   net = costs_lib.trace(model, (1, size, size, 3))
   doc = experiment.load_ranking(args.arch, "", net)
   strategy = strategies.get(args.strategy)
-  if strategy.rule in ("full", "scheme"):
+  if strategy.is_full or strategy.is_scheme:
     raise SystemExit(f"{strategy.name} has no sampler")
   norms = {p: np.asarray(v, np.float32) for p, v in doc["channel"].items()}
-  selectors = {a: strategies.Selector(strategy, params, net, args.budget, ranking_doc=doc,
+  selectors = {a: selector_lib.Selector(strategy, params, net, args.budget, ranking_doc=doc,
                                       allocation=a, oracle=lambda p: norms)
                for a in samplers.ALLOCATIONS}
   state = {}
-  if strategy.rule == "medyate":  # the stored norms N: the ranking's channel norms
+  if strategy.tracks_norms:  # the stored norms N: the ranking's channel norms
     state = {"norms": jnp.maximum(samplers.pool_vector(selectors["padded"].sampler, norms),
                                   jnp.finfo(jnp.float32).tiny)}
 

@@ -8,6 +8,7 @@ import numpy as np
 import optax
 import pytest
 
+from trady_jax import selector as selector_lib
 from trady_jax import ops, samplers, sparse_update, steps, strategies
 from trady_jax import selection as sel
 from trady_jax.config import Config, ConfigError
@@ -120,11 +121,11 @@ def test_selector_compilations_stay_bounded(tiny):
   """Norms that move budget across layers (a stable layer scale, as Prop. 3.1, and channel noise
   redrawn every epoch): the papers' rule compiles a few times, not once per epoch."""
   model, params, c = tiny
-  strategy = strategies.Strategy("w", "all", "prob_raw", True)
+  strategy = strategies.Strategy("w", strategies.Pool.ALL_CONVS, strategies.Rule.PROB_RAW, True)
   rng = np.random.default_rng(1)
   scale = {l.path: rng.lognormal(0, 1) for l in c.convs}
   norms = {}
-  selector = strategies.Selector(strategy, params, c, 5000, oracle=lambda p: norms)
+  selector = selector_lib.Selector(strategy, params, c, 5000, oracle=lambda p: norms)
   tx = optax.chain(sparse_update(), optax.sgd(0.1))
   chex.clear_trace_counter()
   step = jax.jit(chex.assert_max_traces(steps.make_train_step(model, tx, prefix_chunks=1), n=3))

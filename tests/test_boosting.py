@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from trady_jax import selector as selector_lib
 from trady_jax import costs, strategies
 from trady_jax import selection as sel
 from trady_jax.models.tiny import TinyCNN
@@ -29,7 +30,7 @@ def _selector(name):
   doc = {"layer_rgn": {l.path: 1.0 if l.path in POOL else 1e-9 for l in c.convs},
          "lara": {l.path: POOL.get(l.path, 1e-3) for l in c.convs}}
   # alpha: MeDyate's K (B / M_K <= alpha) is reached with the fourth layer by LaRa.
-  s = strategies.Selector(strategies.get(name), params, c, BUDGET, ranking_doc=doc, alpha=0.017)
+  s = selector_lib.Selector(strategies.get(name), params, c, BUDGET, ranking_doc=doc, alpha=0.017)
   return s, params
 
 
@@ -39,13 +40,13 @@ def _layer_frequencies(selector, params):
   selector.select(jax.random.key(0), 0, params, state)  # fits the padded capacities
   # A layer drawn in 4 % of the draws may get capacity 0 from the fit; the first selection that
   # wants its channel grows it to 1 (``Selector.select``), as done here at once.
-  selector._set_sampler(selector.sampler.grow({p: 1 for p in POOL}))
-  draw, weights = selector._draw, selector.weights(jax.random.key(0), 0, params, state)
+  selector.grow({p: 1 for p in POOL})
+  draw, weights = selector.draw, selector.weights(jax.random.key(0), 0, params, state)
   keys = jax.random.split(jax.random.key(1), DRAWS)
   picks = {p: 0 for p in POOL}
   for k in keys[:20]:  # the selector's own jitted draw: new keys never recompile
     draw(k, weights)
-  assert draw._cache_size() == 1
+  assert selector.draw_traces.traces == 1
   batched = jax.jit(jax.vmap(lambda k: draw(k, weights)[0]))(keys)
   for path, leaf in jax.tree_util.tree_flatten_with_path(batched, is_leaf=sel.is_marker)[0]:
     if isinstance(leaf, sel.Channels):
@@ -97,5 +98,5 @@ def test_boosting_refuses_fixed_counts():
   params, c = _net()
   doc = {"layer_rgn": {l.path: 1.0 for l in c.convs}, "lara": {l.path: 1.0 for l in c.convs}}
   with pytest.raises(ValueError, match="fixed"):
-    strategies.Selector(strategies.get("boosted-trady"), params, c, BUDGET, ranking_doc=doc,
+    selector_lib.Selector(strategies.get("boosted-trady"), params, c, BUDGET, ranking_doc=doc,
                         allocation="fixed")

@@ -12,6 +12,7 @@ import numpy as np
 import optax
 import pytest
 
+from trady_jax import selector as selector_lib
 from trady_jax import costs as costs_lib
 from trady_jax import layers, ranking, samplers, sparse_update, strategies
 from trady_jax import selection as sel
@@ -187,7 +188,7 @@ def test_selector_pool_holds_every_selection_of_a_run(tiny):
        [l.path for l in c.convs] + ["classifier/bias", "classifier/kernel"]),
       ("su", {"scheme_counts": scheme, "scheme_biases": ["blocks_1_pointwise2/bias"]},
        ["blocks_1_pointwise2/bias", *scheme, "classifier/bias", "classifier/kernel"])]:
-    selector = strategies.Selector(strategies.get(name), params, c, 5000, **kw)
+    selector = selector_lib.Selector(strategies.get(name), params, c, 5000, **kw)
     mask = sel.trained_mask(selector.pool)
     assert sorted(p for p in sel.leaf_paths(params) if sel.at_path(mask, p)) == sorted(trained)
     tx = sparse_update(optax.adam(1e-2), pool=selector.pool)
@@ -197,7 +198,7 @@ def test_selector_pool_holds_every_selection_of_a_run(tiny):
     for epoch in range(3):  # raises for a selection outside the pool
       s = selector.select(jax.random.key(0), epoch, params, {})
       tx.update(zeros, state, params, selection=s)
-  assert strategies.Selector(strategies.get("baseline"), params, c, 5000).pool is None
+  assert selector_lib.Selector(strategies.get("baseline"), params, c, 5000).pool is None
 
 
 def test_sparse_update_errors(tiny):

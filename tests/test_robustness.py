@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from test_train import _run
 
+from trady_jax import selector as selector_lib
 from trady_jax import atomic, experiment, workdir
 from trady_jax.config import Config, ConfigError
 from trady_jax.experiment import cli as cli_lib
@@ -132,7 +133,7 @@ def test_su_records_the_units_it_uses():
   model, params = models.load_model("mbv2-w0.35", 10, pretrained=False)
   net = costs.trace(model, (1, 128, 128, 3))
   counts = schemes.scheme_counts("mbv2-w0.35", 1, net)
-  s = strategies.Selector(strategies.get("su"), params, net, 27_946, scheme_counts=counts)
+  s = selector_lib.Selector(strategies.get("su"), params, net, 27_946, scheme_counts=counts)
   selection = s.select(jax.random.key(0), 0, params, s.init_state())
   assert strategies.selection_summary(selection, net)["units"] == 28_282  # what a record shows
 

@@ -9,6 +9,7 @@ import optax
 import pytest
 from conftest import Killed, kill_at
 
+from trady_jax import selector as selector_lib
 from trady_jax import config, costs, strategies, train, velocity
 from trady_jax.sparse_update import sparse_update
 from trady_jax import selection as sel
@@ -67,7 +68,7 @@ def test_selection_is_the_fastest_neurons_per_parameter_within_the_weight_budget
   pool = velocity.output_costs(c)
   n = sum(l.in_channels for l in pool.layers)
   v = np.random.default_rng(0).normal(size=n).astype(np.float32)
-  s = strategies.Selector(strategies.get("velocity"), params, c, budget, neq=_Neq(v))
+  s = selector_lib.Selector(strategies.get("velocity"), params, c, budget, neq=_Neq(v))
   got = s.select(jax.random.key(0), 1, params, s.init_state())
   # Expected, by hand: neurons by |v| / (kh kw C_in / g), added until the next would overflow.
   cost = np.concatenate([np.full(l.out_channels, l.kernel_size[0] * l.kernel_size[1]
@@ -94,7 +95,7 @@ def test_model_gradients_and_update_follow_the_output_selection():
   (zero elsewhere), and ``sparse_update`` leaves every other neuron bit-for-bit unchanged."""
   params, c = _setup(300)
   model = TinyCNN(num_classes=4)
-  s = strategies.Selector(strategies.get("velocity"), params, c, 300, neq=_Neq(np.zeros(1)))
+  s = selector_lib.Selector(strategies.get("velocity"), params, c, 300, neq=_Neq(np.zeros(1)))
   selection = s.select(jax.random.key(3), 0, params, {"measured": jnp.asarray(0)})
   x = jax.random.normal(jax.random.key(4), (4, SIZE, SIZE, 3))
   loss = lambda p, v: jnp.sum(model.apply(v(p), x) ** 2)

@@ -19,7 +19,7 @@ How many channels each layer gets (``ALLOCATIONS``):
   with the current scores (``Sampler.fit``); a draw that wants more than a capacity skips that
   layer's further channels and fills the budget with the next ones (``capped_fill_rule``), and
   when that would move more than ``OVERFLOW_TOLERANCE`` of the budget across layers the
-  capacities are refitted (``strategies.Selector``: one more compilation). Capacities never
+  capacities are refitted (``selector.Selector``: one more compilation). Capacities never
   shrink, so a run compiles a few times. Padding stores ``sum_l (capacity_l - k_l) m_l`` units
   per sample beyond the selected channels' (``padding_units``; about half the budget on
   mbv2-w0.35 at 27,946 units, ``experiments/compare_allocation.py``);

@@ -30,7 +30,7 @@ Remaining deviations from the papers, and choices where they are silent:
   ``B_mem`` (at most, not strictly below), stopping at the first that overflows (the predecessor's
   code); weighted rules sample without replacement (Gumbel-top-k). With the default padded
   allocation each layer's index array has a capacity (90th percentile of its count over 256
-  draws): padded slots store ``padding_units`` of zeros per sample (13,121 units, 47 % of the
+  draws): padded slots store ``padding_units`` of zeros per sample (14,093 units, 50 % of the
   budget, for medyate on mbv2-w0.35 at 27,946), and a draw that wants more channels of a layer
   than its capacity gives them to other layers unless that moves over 3 % of the budget (then the
   capacities are refitted). A layer the fit leaves at capacity 0 (wanted in under a tenth of the
@@ -64,56 +64,104 @@ Remaining deviations from the papers, and choices where they are silent:
 from __future__ import annotations
 
 import dataclasses
-import re
-from typing import Any, Callable, Mapping, Sequence
+import enum
+from typing import Any, Mapping
 
 import jax
-import jax.numpy as jnp
 
-from trady_jax import ranking, samplers, velocity
+from trady_jax import paper, ranking, velocity
 from trady_jax import selection as sel
 from trady_jax.costs import NetworkCosts
 
 PyTree = Any
 
 
+class Pool(enum.Enum):
+  """Where a strategy's channels come from."""
+  FULL = "full"             # every parameter: full fine-tuning
+  ALL_CONVS = "all"         # every conv layer
+  RGN_TOP_K = "rgn"         # the top-K layers holding a share of layer RGN (T Eq. 8, 97 %)
+  LARA_ALPHA = "lara"       # the smallest LaRa top-K with B_mem / M_K <= alpha (M Eq. 9-10)
+  SU_SCHEME = "su"          # an MIT Sparse Update scheme's layers
+
+
+class Rule(enum.Enum):
+  """How a strategy picks channels within its pool."""
+  FULL = "full"             # no selection
+  UNIFORM = "uniform"       # uniformly at random (boosted: by the layer's LaRa)
+  MEDYATE = "medyate"       # sampled by the norms stored from earlier epochs (M Alg. 1)
+  DET_RGN = "det_rgn"       # highest RGN of the full gradient (T Eq. 7)
+  DET_RAW = "det_raw"       # highest raw norm of the full gradient (M 4.3)
+  PROB_RAW = "prob_raw"     # sampled by the full gradient's norms (M 4.3)
+  SCHEME = "scheme"         # the scheme's channels by weight norm (MIT SU 'magnitude+')
+  VELOCITY = "velocity"     # output neurons by NEq velocity (W Eq. 1-7)
+
+
+ORACLE_RULES = (Rule.DET_RGN, Rule.DET_RAW, Rule.PROB_RAW)
+
+
 @dataclasses.dataclass(frozen=True)
 class Strategy:
-  """A preset: candidate layers (``pool``), channel rule (``rule``) and whether it resamples."""
+  """A preset: candidate layers (``pool``), channel rule (``rule``), whether it redraws every
+  epoch (``dynamic``) and whether its channels are weighted by their layer's LaRa (``boost``)."""
   name: str
-  pool: str      # 'all' | 'rgn' (top-K share of layer RGN) | 'lara' (alpha rule) | 'su' | 'full'
-  rule: str      # 'uniform' | 'medyate' | 'det_rgn' | 'det_raw' | 'prob_raw' | 'scheme' | 'full'
-  #                | 'velocity' (output neurons by NEq velocity, ``velocity``)
-  dynamic: bool  # redraw every epoch (True) or once at the start (False)
-  boost: bool = False  # LaRa-weighted channels instead of uniform ones (MeDyate A.2)
+  pool: Pool
+  rule: Rule
+  dynamic: bool
+  boost: bool = False
+
+  def __post_init__(self):  # accepts the enums' values too: Strategy("x", "all", "uniform", True)
+    object.__setattr__(self, "pool", Pool(self.pool))
+    object.__setattr__(self, "rule", Rule(self.rule))
+
+  @property
+  def is_full(self) -> bool:
+    """Full fine-tuning: no selection, no budget."""
+    return self.rule is Rule.FULL
+
+  @property
+  def is_scheme(self) -> bool:
+    """A fixed MIT Sparse Update scheme (its channel counts come from ``models.schemes``)."""
+    return self.rule is Rule.SCHEME
 
   @property
   def needs_ranking(self) -> bool:
-    return self.pool in ("rgn", "lara")
+    return self.pool in (Pool.RGN_TOP_K, Pool.LARA_ALPHA)
 
   @property
   def needs_oracle(self) -> bool:
     """Needs the full gradient at selection time (Det RGN / Det Raw / Prob Raw)."""
-    return self.rule in ("det_rgn", "det_raw", "prob_raw")
+    return self.rule in ORACLE_RULES
+
+  @property
+  def tracks_norms(self) -> bool:
+    """Stores the trained channels' gradient norms after every epoch (MeDyate)."""
+    return self.rule is Rule.MEDYATE
+
+  @property
+  def selects_outputs(self) -> bool:
+    """Selects output neurons from NEq measurements (Velocity)."""
+    return self.rule is Rule.VELOCITY
 
 
+_A, _R, _L = Pool.ALL_CONVS, Pool.RGN_TOP_K, Pool.LARA_ALPHA
 REGISTRY: dict[str, Strategy] = {s.name: s for s in [
-    Strategy("baseline", "full", "full", False),
-    Strategy("s-full-random", "all", "uniform", False),
-    Strategy("d-full-random", "all", "uniform", True),
-    Strategy("s-det-rgn", "all", "det_rgn", False),
-    Strategy("d-det-rgn", "all", "det_rgn", True),
-    Strategy("s-topk-random", "rgn", "uniform", False),
-    Strategy("trady", "rgn", "uniform", True),
-    Strategy("su", "su", "scheme", False),
-    Strategy("medyate", "lara", "medyate", True),
-    Strategy("lara-trady", "lara", "uniform", True),
-    Strategy("lara-det-raw", "lara", "det_raw", True),
-    Strategy("lara-prob-raw", "lara", "prob_raw", True),
-    Strategy("prev-medyate", "rgn", "medyate", True),
-    Strategy("boosted-trady", "rgn", "uniform", True, boost=True),
-    Strategy("boosted-medyate", "lara", "medyate", True, boost=True),
-    Strategy("velocity", "all", "velocity", True),
+    Strategy("baseline", Pool.FULL, Rule.FULL, False),
+    Strategy("s-full-random", _A, Rule.UNIFORM, False),
+    Strategy("d-full-random", _A, Rule.UNIFORM, True),
+    Strategy("s-det-rgn", _A, Rule.DET_RGN, False),
+    Strategy("d-det-rgn", _A, Rule.DET_RGN, True),
+    Strategy("s-topk-random", _R, Rule.UNIFORM, False),
+    Strategy("trady", _R, Rule.UNIFORM, True),
+    Strategy("su", Pool.SU_SCHEME, Rule.SCHEME, False),
+    Strategy("medyate", _L, Rule.MEDYATE, True),
+    Strategy("lara-trady", _L, Rule.UNIFORM, True),
+    Strategy("lara-det-raw", _L, Rule.DET_RAW, True),
+    Strategy("lara-prob-raw", _L, Rule.PROB_RAW, True),
+    Strategy("prev-medyate", _R, Rule.MEDYATE, True),
+    Strategy("boosted-trady", _R, Rule.UNIFORM, True, boost=True),
+    Strategy("boosted-medyate", _L, Rule.MEDYATE, True, boost=True),
+    Strategy("velocity", _A, Rule.VELOCITY, True),
 ]}
 
 
@@ -126,167 +174,19 @@ def get(name: str) -> Strategy:
 
 
 def candidate_layers(strategy: Strategy, costs: NetworkCosts, budget: int,
-                     ranking_doc: Mapping | None, *, share: float = 0.97,
-                     alpha: float = 0.2) -> list[str]:
+                     ranking_doc: Mapping | None, *, share: float = paper.TOPK_SHARE,
+                     alpha: float = paper.ALPHA_OPT) -> list[str]:
   """Kernel paths a strategy samples from: all convs, or the top-K of an offline ranking."""
-  if strategy.pool == "all":
+  if strategy.pool is Pool.ALL_CONVS:
     return [l.path for l in costs.convs]
-  if strategy.pool in ("rgn", "lara"):
+  if strategy.needs_ranking:
     if ranking_doc is None:
       raise ValueError(f"strategy {strategy.name!r} needs a layer ranking "
                        "(experiments/rank_layers.py)")
-    if strategy.pool == "rgn":
+    if strategy.pool is Pool.RGN_TOP_K:
       return ranking.top_k_share(ranking_doc["layer_rgn"], share)
     return ranking.top_k_alpha(ranking_doc["lara"], costs, budget, alpha)
   raise ValueError(f"strategy {strategy.name!r} has no candidate pool")
-
-
-class Selector:
-  """A strategy bound to one run: the selection of every epoch, from explicit keys and state.
-
-  ``state`` is a pytree of arrays (MeDyate's norm vector), so it is checkpointed with the run.
-  ``oracle`` (for Det RGN / Prob Raw) maps params to ``{path: (C_in,) channel gradient norms}``
-  of the full gradient. ``scheme_counts`` / ``scheme_biases``: an SU scheme's channels per layer
-  and its bias leaves (``models.schemes``). ``neq``: Velocity's NEq measurements
-  (``velocity.NEq``).
-  """
-
-  def __init__(self, strategy: Strategy, template: PyTree, costs: NetworkCosts, budget: int, *,
-               ranking_doc: Mapping | None = None, scheme_counts: Mapping[str, int] | None = None,
-               share: float = 0.97, alpha: float = 0.2, allocation: str = "padded",
-               oracle: Callable[[PyTree], Mapping[str, jax.Array]] | None = None,
-               scheme_biases: Sequence[str] = (), neq: velocity.NEq | None = None):
-    self.strategy, self.costs, self.oracle, self.neq = strategy, costs, oracle, neq
-    self.scheme_counts, self.scheme_biases, self.template = scheme_counts, scheme_biases, template
-    self.sampler = None
-    if strategy.rule == "full":
-      return
-    if strategy.rule == "scheme":
-      if not scheme_counts:
-        raise ValueError("strategy 'su' needs the scheme's per-layer channel counts")
-      return
-    paths = candidate_layers(strategy, costs, budget, ranking_doc, share=share, alpha=alpha)
-    make = {"uniform": samplers.weighted if strategy.boost else samplers.uniform,
-            "medyate": samplers.weighted,
-            "prob_raw": samplers.weighted}.get(strategy.rule, samplers.deterministic)
-    pool = velocity.output_costs(costs) if strategy.rule == "velocity" else costs
-    if strategy.rule == "velocity" and neq is None:
-      raise ValueError("strategy 'velocity' needs NEq measurements (velocity.NEq)")
-    if strategy.boost and allocation == "fixed":
-      raise ValueError(f"{strategy.name!r} weights whole layers, so with fixed per-layer counts it "
-                       "is the unboosted strategy; use allocation 'padded' or 'exact'")
-    sampler = make(template, pool, budget, paths, allocation=allocation)
-    # Boosting: a channel's weight is its layer's LaRa (Eq. 9), for every channel of the layer.
-    self.lara = None if not strategy.boost else jnp.maximum(samplers.pool_vector(sampler, {
-        l.path: jnp.full((l.in_channels,), ranking_doc["lara"][l.path]) for l in sampler.layers}),
-        jnp.finfo(jnp.float32).tiny)
-    if strategy.needs_oracle and oracle is None:
-      raise ValueError(f"strategy {strategy.name!r} needs an oracle (full-gradient norms)")
-    # Padded capacities come from the first selection's weights (``select``), then only grow.
-    self._set_sampler(sampler if sampler.capacity is None else
-                      dataclasses.replace(sampler, capacity={}))
-
-  def _set_sampler(self, sampler: samplers.Sampler) -> None:
-    self.sampler = sampler
-    self._draw = jax.jit(sampler.draw) if sampler.jittable else sampler.draw
-
-  @property
-  def capacity(self) -> dict[str, int] | None:
-    """Per-layer index capacities of the padded papers' rule (``None``: other allocations)."""
-    return None if self.sampler is None or self.sampler.capacity is None else dict(
-        self.sampler.capacity)
-
-  def restore(self, capacity: Mapping[str, int] | None, indices: Mapping[str, Any]) -> PyTree:
-    """A checkpointed selection with the capacities it was trained with (same compiled step)."""
-    if capacity and self.capacity is not None:
-      self._set_sampler(self.sampler.grow(capacity))
-    if self.sampler is None:
-      return sel.build(self.template, {p: self.costs[p].channels(i) for p, i in indices.items()})
-    return self.sampler.padded(indices)
-
-  @property
-  def layers(self) -> list[str]:
-    """Paths of the candidate layers (empty for baseline / su)."""
-    return [] if self.sampler is None else [l.path for l in self.sampler.layers]
-
-  @property
-  def pool(self) -> PyTree | None:
-    """Every leaf this strategy's selections can train (``selection.pool``), for
-    ``sparse_update(inner, pool=selector.pool)``; ``None`` for full fine-tuning."""
-    if self.strategy.rule == "full":
-      return None
-    if self.sampler is None:  # a fixed scheme: its layers and bias leaves (``fixed_scheme``)
-      return sel.pool(self.template, [p for p, k in self.scheme_counts.items() if k > 0],
-                      trainable=(*sel.ALWAYS, *(f"^{re.escape(b)}$" for b in self.scheme_biases)))
-    return sel.pool(self.template, self.layers, trainable=self.sampler.trainable)
-
-  def init_state(self) -> dict:
-    if self.strategy.rule == "medyate":
-      state = samplers.medyate_init(self.sampler)
-      return state if self.lara is None else {**state, "norms": self.lara}
-    if self.strategy.rule == "velocity":
-      return self.neq.init_state()
-    return {}
-
-  def measure(self, state: dict, params: PyTree, batch_stats: PyTree | None = None) -> dict:
-    """Before an epoch's selection: Velocity's NEq measurement of the current network (other
-    strategies: ``state`` unchanged)."""
-    if self.strategy.rule != "velocity":
-      return state
-    variables = {"params": params}
-    if batch_stats is not None:
-      variables["batch_stats"] = batch_stats
-    return self.neq.observe(state, variables)
-
-  def weights(self, key: jax.Array, epoch: int, params: PyTree, state: dict) -> jax.Array | None:
-    """The sampler's per-channel weights over the pool for ``epoch`` (``None``: uniform)."""
-    rule = self.strategy.rule
-    if rule == "medyate":
-      return state["norms"]
-    if rule == "velocity":  # random neurons until a velocity exists (two measurements)
-      if int(state["measured"]) >= 2:
-        return velocity.scores(state, self.sampler.layers)
-      return jax.random.uniform(jax.random.fold_in(key, epoch + (1 << 20)),
-                                (self.sampler.num_channels,))
-    if self.strategy.needs_oracle:
-      norms = self.oracle(params)
-      if rule == "det_rgn":
-        norms = ranking.rgn(norms, self.costs)
-      weights = samplers.pool_vector(self.sampler, norms)
-      return jnp.maximum(weights, jnp.finfo(jnp.float32).tiny) if rule == "prob_raw" else weights
-    return self.lara
-
-  def select(self, key: jax.Array, epoch: int, params: PyTree, state: dict) -> PyTree | None:
-    """The selection for ``epoch`` (``None`` = full fine-tuning)."""
-    rule = self.strategy.rule
-    if rule == "full":
-      return None
-    if rule == "scheme":
-      return samplers.fixed_scheme(self.template, self.costs, self.scheme_counts, params,
-                                   biases=self.scheme_biases)
-    weights = self.weights(key, epoch, params, state)
-    key = jax.random.fold_in(key, epoch)
-    if self.sampler.capacity is None:
-      return self._draw(key, weights)[0]
-    # The papers' rule within the capacities; when the capacities would move more than a small
-    # share of the budget across layers, they grow to fit these weights (one more compilation;
-    # capacities never shrink, so earlier shapes stay compiled).
-    selection, wanted = self._draw(key, weights)
-    wanted = {p: int(k) for p, k in wanted.items()}
-    if self.sampler.overflow_units(wanted) > samplers.OVERFLOW_TOLERANCE * self.sampler.budget:
-      fitted = self.sampler.fit(jax.random.fold_in(key, 2 ** 31 - 1), weights).grow(wanted)
-      self._set_sampler(fitted)
-      selection, _ = self._draw(key, weights)
-    return selection
-
-  def observe(self, state: dict, channel_norms: Mapping[str, jax.Array],
-              selection: PyTree | None) -> dict:
-    """After an epoch: store the measured norms of the trained channels (MeDyate)."""
-    if self.strategy.rule != "medyate":
-      return state
-    measured = samplers.pool_vector(self.sampler, channel_norms)
-    return samplers.medyate_update(state, measured,
-                                   samplers.selected_vector(self.sampler, selection))
 
 
 def selection_summary(selection: PyTree | None, costs: NetworkCosts) -> dict[str, float]:

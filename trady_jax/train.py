@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 from trady_jax import (batchnorm, checkpoint, parallel, ranking, results, step_metrics, steps,
                        strategies, velocity, workdir, xla)
 from trady_jax import selection as sel
+from trady_jax import selector as selector_lib
 from trady_jax.config import Config, ConfigError
 from trady_jax.costs import NetworkCosts, trace
 from trady_jax.sparse_update import sparse_update
@@ -105,7 +106,7 @@ class Run:
     # BN running statistics (None: BN folded); carried through steps, checkpoints, evaluation.
     self.batch_stats0 = self.batch_stats = batch_stats
     neq_source = None
-    if strategies.get(cfg.strategy).rule == "velocity":  # NEq's images, out of the training split
+    if strategies.get(cfg.strategy).selects_outputs:  # NEq's images, out of the training split
       train_source, neq_source = velocity.held_out(train_source, seed=cfg.seed)
     self.train_source, self.test_source, self.batches = train_source, test_source, batches
     self.costs = trace(model, (1, cfg.image_size, cfg.image_size, 3))
@@ -119,19 +120,19 @@ class Run:
     self.steps_per_epoch = min(n, cfg.max_steps_per_epoch) if cfg.max_steps_per_epoch else n
     schedule = learning_rate(cfg, self.steps_per_epoch)
     self.schedule = schedule
-    full = self.strategy.rule == "full"
+    full = self.strategy.is_full
     self.tx = optax.sgd(schedule) if full else optax.chain(sparse_update(), optax.sgd(schedule))
     oracle = None
     if self.strategy.needs_oracle:
       oracle = _oracle(model, self.costs, lambda: self._oracle_batches(),
                        lambda: self.batch_stats)
-    self.selector = strategies.Selector(
+    self.selector = selector_lib.Selector(
         self.strategy, params, self.costs, cfg.budget, ranking_doc=ranking_doc,
         scheme_counts=scheme_counts, share=cfg.topk_share, alpha=cfg.alpha,
         allocation=cfg.allocation, oracle=oracle, scheme_biases=scheme_biases,
         neq=None if neq_source is None else velocity.from_source(
             model, self.costs, neq_source, batches, params, batch_stats, seed=cfg.seed))
-    track = self.strategy.rule == "medyate"
+    track = self.strategy.tracks_norms
     train_step = steps.make_train_step(model, self.tx, costs=self.costs,
                                        norm_paths=self.selector.layers if track else (),
                                        norm_grads=cfg.medyate_norm == "epoch",

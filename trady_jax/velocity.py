@@ -147,7 +147,7 @@ def scores(state: dict, pool: Sequence[LayerCost]) -> jax.Array:
 
 
 class NEq:
-  """NEq measurements of a model on fixed held-out images, for ``strategies.Selector``.
+  """NEq measurements of a model on fixed held-out images, for ``selector.Selector``.
 
   ``template``: the model's variables (``params``, and ``batch_stats`` with BatchNorm), for
   shapes; ``images()`` gives the held-out images, loaded on first use.

@@ -50,7 +50,7 @@ def build_run(cfg: Config, workdir: str | Path) -> train.Run:
   for note in notes:
     print(f"NOTE: {note}", flush=True)
   counts, biases = None, ()
-  if strategy.rule == "scheme":
+  if strategy.is_scheme:
     counts = schemes.scheme_counts(cfg.arch, cfg.su_scheme, costs)
     biases = schemes.bias_paths(cfg.arch, cfg.su_scheme, costs)
     check_scheme_budget(cfg, costs.usage(counts)["units"])

@@ -43,7 +43,7 @@ def check_config(cfg) -> None:
   if strategy.needs_ranking and not (cfg.ranking or rankings.default_path(cfg.arch).exists()):
     raise ConfigError(f"strategy {cfg.strategy!r} needs a layer ranking for {cfg.arch}: run "
                       f"`python experiments/rank_layers.py --arch {cfg.arch}` and pass --ranking")
-  if strategy.rule == "scheme":
+  if strategy.is_scheme:
     if cfg.arch not in schemes.SCHEMES:
       raise ConfigError(f"strategy 'su' needs a Sparse Update scheme; {cfg.arch} has none "
                         f"(known: {', '.join(schemes.SCHEMES)})")
