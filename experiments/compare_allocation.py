@@ -31,7 +31,7 @@ import optax
 
 from trady_jax import experiment
 from trady_jax import costs as costs_lib
-from trady_jax import paper, samplers, sparse_update, steps, strategies, xla
+from trady_jax import medyate, paper, samplers, sparse_update, steps, strategies, xla
 from trady_jax import selection as sel
 from trady_jax import selector as selector_lib
 
@@ -76,8 +76,8 @@ def main(argv=None):
                for a in samplers.ALLOCATIONS}
   state = {}
   if strategy.tracks_norms:  # the stored norms N: the ranking's channel norms
-    state = {"norms": jnp.maximum(samplers.pool_vector(selectors["padded"].sampler, norms),
-                                  jnp.finfo(jnp.float32).tiny)}
+    pooled = samplers.pool_vector(selectors["padded"].sampler, norms)
+    state = medyate.init(pooled.shape[0], jnp.maximum(pooled, jnp.finfo(jnp.float32).tiny))
 
   tx = optax.chain(sparse_update(), optax.sgd(0.01))
   traced = xla.count_traces(steps.make_train_step(model, tx))

@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import sys
 import warnings
-from pathlib import Path
 
 
 from trady_jax.report.records import ResultsWarning

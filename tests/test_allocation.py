@@ -9,7 +9,7 @@ import optax
 import pytest
 
 from trady_jax import selector as selector_lib
-from trady_jax import ops, samplers, sparse_update, steps, strategies
+from trady_jax import allocation, ops, samplers, sparse_update, steps, strategies
 from trady_jax import selection as sel
 from trady_jax.config import Config, ConfigError
 
@@ -108,12 +108,12 @@ def test_capped_fill_rule_moves_the_overflow_to_the_next_channels():
   scores = jnp.array([9.0, 8, 7, 6, 5, 4, 3, 2])
   layer = jnp.array([0, 0, 0, 1, 1, 0, 1, 1])
   cost = jnp.array([1.0, 1, 1, 2, 2, 1, 2, 2])
-  free = samplers.fill_rule(scores, cost, 6)
+  free = allocation.fill_rule(scores, cost, 6)
   np.testing.assert_array_equal(free, [1, 1, 1, 1, 0, 0, 0, 0])
-  capped = samplers.capped_fill_rule(scores, cost, layer, jnp.array([2, 8]), 6)
+  capped = allocation.capped_fill_rule(scores, cost, layer, jnp.array([2, 8]), 6)
   # Layer 0 holds two channels; its third (score 7) is skipped and the budget goes on.
   np.testing.assert_array_equal(np.asarray(capped), [1, 1, 0, 1, 1, 0, 0, 0])
-  assert np.asarray(samplers.capped_fill_rule(scores, cost, layer, jnp.array([8, 8]), 6)
+  assert np.asarray(allocation.capped_fill_rule(scores, cost, layer, jnp.array([8, 8]), 6)
                     == free).all()
 
 

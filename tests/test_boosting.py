@@ -85,12 +85,12 @@ def test_boosted_medyate_starts_from_lara_then_stored_norms():
   s, params = _selector("boosted-medyate")
   state = s.init_state()
   want = np.concatenate([np.full(l.in_channels, POOL[l.path]) for l in s.sampler.layers])
-  np.testing.assert_allclose(state["norms"], want)
+  np.testing.assert_allclose(state.norms, want)
   selection = s.select(jax.random.key(0), 0, params, state)
   measured = {p: jnp.full((s.costs[p].in_channels,), 0.5) for p in POOL}
   after = s.observe(state, measured, selection)
-  chosen = np.asarray(jax.device_get(after["seen"]))
-  assert chosen.sum() == 1 and np.allclose(np.asarray(after["norms"])[chosen], 0.5)
+  chosen = np.asarray(jax.device_get(after.seen))
+  assert chosen.sum() == 1 and np.allclose(np.asarray(after.norms)[chosen], 0.5)
 
 
 def test_boosting_refuses_fixed_counts():

@@ -12,6 +12,7 @@ import numpy as np
 import optax
 import pytest
 
+from trady_jax import medyate
 from trady_jax import selector as selector_lib
 from trady_jax import costs as costs_lib
 from trady_jax import layers, ranking, samplers, sparse_update, strategies
@@ -324,18 +325,18 @@ def test_fixed_scheme_picks_largest_weight_norms(tiny):
 def test_medyate_state_gives_unseen_channels_the_max_norm(tiny):
   _, params, c = tiny
   s = samplers.weighted(params, c, 3000, allocation="fixed")
-  state = samplers.medyate_init(s)
-  first = s.sample(jax.random.key(0), state["norms"])
+  state = medyate.init(s.num_channels)
+  first = s.sample(jax.random.key(0), state.norms)
   picked = samplers.selected_vector(s, first)
   measured = jnp.where(picked, jnp.linspace(0.1, 2.0, s.num_channels), 0.0)
-  state = samplers.medyate_update(state, measured, picked)
+  state = medyate.update(state, measured, picked)
   top = float(jnp.max(jnp.where(picked, measured, 0)))
-  np.testing.assert_allclose(state["norms"][~np.asarray(picked)], top)
-  np.testing.assert_allclose(state["norms"][np.asarray(picked)], measured[np.asarray(picked)])
+  np.testing.assert_allclose(state.norms[~np.asarray(picked)], top)
+  np.testing.assert_allclose(state.norms[np.asarray(picked)], measured[np.asarray(picked)])
   # Second update: unseen channels keep their value, newly measured ones are overwritten.
-  again = samplers.medyate_update(state, measured * 0 + 0.5, ~picked & (jnp.arange(
+  again = medyate.update(state, measured * 0 + 0.5, ~picked & (jnp.arange(
       s.num_channels) % 2 == 0))
-  assert float(again["norms"][np.flatnonzero(~np.asarray(picked))[1]]) == pytest.approx(top)
+  assert float(again.norms[np.flatnonzero(~np.asarray(picked))[1]]) == pytest.approx(top)
 
 
 def test_ranking_norms_rules_and_files(tiny, tmp_path):

@@ -41,7 +41,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from trady_jax import selection as sel
-from trady_jax.config import ALLOCATIONS, ConfigError
+from trady_jax.allocation import capped_fill_rule, check_budget, fill_rule, uniform_counts
+from trady_jax.config import ALLOCATIONS
 from trady_jax.costs import LayerCost, NetworkCosts
 
 PyTree = Any
@@ -50,67 +51,6 @@ SCORINGS = ("uniform", "weighted", "deterministic")
 # a draw whose capped layers would move more than OVERFLOW_TOLERANCE of the budget refits them.
 FIT_QUANTILE = 0.9
 OVERFLOW_TOLERANCE = 0.03
-
-
-def check_budget(layers: Sequence[LayerCost], budget: int) -> None:
-  """Raise a clear error if the budget cannot hold the cheapest channel of ``layers``."""
-  if not layers:
-    raise ValueError("no candidate layers to sample from")
-  cheapest = min(layers, key=lambda l: l.memory)
-  if budget < cheapest.memory:
-    raise ConfigError(f"budget of {budget:,} units is smaller than the cheapest channel "
-                      f"({cheapest.memory:,} units, {cheapest.path}); nothing can be trained")
-
-
-def uniform_counts(layers: Sequence[LayerCost], budget: int) -> dict[str, int]:
-  """Fixed per-layer counts with (near-)equal inclusion probability ``k_l / n_l ~= p``.
-
-  ``p`` is the largest common fraction with ``sum_l floor(p n_l) m_l <= B_mem``; the leftover
-  budget then adds one channel to the layers with the largest rounding remainder ``p n_l -
-  floor(p n_l)`` that still fit, so ``|k_l / n_l - p| < 1 / n_l``.
-  """
-  check_budget(layers, budget)
-  n = np.array([l.in_channels for l in layers])
-  m = np.array([l.memory for l in layers])
-  lo, hi = 0.0, 1.0
-  if (n * m).sum() <= budget:
-    return {l.path: l.in_channels for l in layers}
-  for _ in range(60):
-    mid = (lo + hi) / 2
-    lo, hi = (mid, hi) if (np.floor(mid * n) * m).sum() <= budget else (lo, mid)
-  k = np.floor(lo * n).astype(int)
-  left = budget - int((k * m).sum())
-  for i in np.argsort(-(lo * n - k), kind="stable"):
-    if k[i] < n[i] and m[i] <= left:
-      k[i] += 1
-      left -= m[i]
-  return {l.path: int(c) for l, c in zip(layers, k)}
-
-
-def fill_rule(scores: jax.Array, cost: jax.Array, budget: int) -> jax.Array:
-  """The papers' rule over a flat channel pool: boolean mask of the score-ordered prefix that fits."""
-  order = jnp.argsort(-scores, stable=True)
-  fits = jnp.cumsum(cost[order]) <= budget
-  return jnp.zeros(scores.shape, bool).at[order].set(fits)
-
-
-def capped_fill_rule(scores: jax.Array, cost: jax.Array, layer: jax.Array, cap: jax.Array,
-                     budget: int) -> jax.Array:
-  """``fill_rule`` that skips the channels of a layer once it holds ``cap[layer]`` of them.
-
-  ``layer``: each channel's layer (0..L-1). The fill stops at the first channel, skipped or not,
-  that would overflow the budget, so with no full layer before that point it is ``fill_rule``;
-  otherwise the budget a full layer would have taken goes to the next channels in score order.
-  """
-  order = jnp.argsort(-scores, stable=True)
-  lay, c = layer[order], cost[order]
-  onehot = lay[:, None] == jnp.arange(cap.shape[0])
-  rank = jnp.take_along_axis(jnp.cumsum(onehot, 0), lay[:, None], 1)[:, 0] - 1
-  eligible = rank < cap[lay]
-  taken = jnp.where(eligible, c, 0)
-  before = jnp.cumsum(taken) - taken  # budget used by the eligible channels ahead
-  stopped = jnp.cumsum(before + c > budget) > 0
-  return jnp.zeros(scores.shape, bool).at[order].set(eligible & ~stopped)
 
 
 def _scores(key: jax.Array, scoring: str, weights: jax.Array | None, n: int) -> jax.Array:
@@ -330,15 +270,6 @@ def fixed_scheme(template: PyTree, costs: NetworkCosts, counts: Mapping[str, int
   return s.sample(jax.random.key(0), norms)
 
 
-# --- MeDyate's stored-norm state (Alg. 1) -------------------------------------------------------
-
-def medyate_init(sampler: Sampler) -> dict[str, jax.Array]:
-  """Norm vector ``N`` over the pool (all ones: epoch 1 is uniform) and which channels were seen."""
-  n = sampler.num_channels
-  return {"norms": jnp.ones((n,), jnp.float32), "seen": jnp.zeros((n,), bool),
-          "updates": jnp.zeros((), jnp.int32)}
-
-
 def pool_vector(sampler: Sampler, per_layer: Mapping[str, jax.Array], fill: float = 0.0):
   """Concatenate ``{path: (C_in,)}`` vectors into the sampler's flat pool order."""
   return jnp.concatenate([jnp.asarray(per_layer[l.path], jnp.float32) if l.path in per_layer
@@ -357,26 +288,3 @@ def selected_vector(sampler: Sampler, selection: PyTree) -> jax.Array:
       m[idx[l.path]] = True
     parts.append(m)
   return jnp.asarray(np.concatenate(parts))
-
-
-def medyate_update(state: dict, measured: jax.Array, selected: jax.Array) -> dict:
-  """Store the raw norms measured for the channels trained this epoch (MeDyate Alg. 1, step 2).
-
-  ``N_c <- measured_c`` for selected channels. What is measured (``Config.medyate_norm``): the
-  papers say "the gradient norm of channels selected at the previous epoch" and cost it at
-  ``|zeta_e| C' D^2`` (Eq. 11), one pass over one gradient tensor of the selected weights. The
-  default, ``'last'``, is the norm (Eq. 6) of the gradient of the epoch's last step, the tensor
-  PyTorch's ``.grad`` holds when the epoch ends: no extra memory, Eq. 11's cost. ``'epoch'``,
-  the norm of the gradient summed over the epoch, also costs one pass but needs an accumulator
-  as large as the selected weights, beyond the budget; ``'sum'``, per-step norms summed over the
-  epoch, costs Eq. 11 at every step (``M`` times more). After the first epoch, channels never seen get the
-  maximum observed norm, so they are explored first; afterwards they keep that value until sampled.
-  """
-  norms = jnp.where(selected, measured, state["norms"])
-  seen = state["seen"] | selected
-  first = state["updates"] == 0
-  top = jnp.max(jnp.where(seen, norms, -jnp.inf))
-  norms = jnp.where(first & ~seen, top, norms)
-  # A zero norm would make a channel unreachable for Gumbel-top-k; keep a tiny floor.
-  norms = jnp.maximum(norms, jnp.finfo(jnp.float32).tiny)
-  return {"norms": norms, "seen": seen, "updates": state["updates"] + 1}

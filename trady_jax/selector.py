@@ -10,7 +10,7 @@ from typing import Any, Callable, Mapping, Sequence
 import jax
 import jax.numpy as jnp
 
-from trady_jax import paper, ranking, samplers, velocity, xla
+from trady_jax import medyate, paper, ranking, samplers, velocity, xla
 from trady_jax import selection as sel
 from trady_jax.costs import NetworkCosts
 from trady_jax.strategies import Rule, Strategy, candidate_layers
@@ -21,7 +21,8 @@ PyTree = Any
 class Selector:
   """A strategy bound to one run: the selection of every epoch, from explicit keys and state.
 
-  ``state`` is a pytree of arrays (MeDyate's norm vector), so it is checkpointed with the run.
+  ``state`` is a pytree of arrays (``medyate.MedyateState``, Velocity's NEq measurements, or
+  ``{}``), so it is checkpointed with the run.
   ``oracle`` (for Det RGN / Prob Raw) maps params to ``{path: (C_in,) channel gradient norms}``
   of the full gradient. ``scheme_counts`` / ``scheme_biases``: an SU scheme's channels per layer
   and its bias leaves (``models.schemes``). ``neq``: Velocity's NEq measurements
@@ -108,15 +109,14 @@ class Selector:
                       trainable=(*sel.ALWAYS, *(f"^{re.escape(b)}$" for b in self.scheme_biases)))
     return sel.pool(self.template, self.layers, trainable=self.sampler.trainable)
 
-  def init_state(self) -> dict:
+  def init_state(self) -> PyTree:
     if self.strategy.tracks_norms:
-      state = samplers.medyate_init(self.sampler)
-      return state if self.lara is None else {**state, "norms": self.lara}
+      return medyate.init(self.sampler.num_channels, self.lara)
     if self.strategy.selects_outputs:
       return self.neq.init_state()
     return {}
 
-  def measure(self, state: dict, params: PyTree, batch_stats: PyTree | None = None) -> dict:
+  def measure(self, state: PyTree, params: PyTree, batch_stats: PyTree | None = None) -> PyTree:
     """Before an epoch's selection: Velocity's NEq measurement of the current network (other
     strategies: ``state`` unchanged)."""
     if not self.strategy.selects_outputs:
@@ -126,11 +126,11 @@ class Selector:
       variables["batch_stats"] = batch_stats
     return self.neq.observe(state, variables)
 
-  def weights(self, key: jax.Array, epoch: int, params: PyTree, state: dict) -> jax.Array | None:
+  def weights(self, key: jax.Array, epoch: int, params: PyTree, state: PyTree) -> jax.Array | None:
     """The sampler's per-channel weights over the pool for ``epoch`` (``None``: uniform)."""
     rule = self.strategy.rule
     if rule is Rule.MEDYATE:
-      return state["norms"]
+      return state.norms
     if rule is Rule.VELOCITY:  # random neurons until a velocity exists (two measurements)
       if int(state["measured"]) >= 2:
         return velocity.scores(state, self.sampler.layers)
@@ -144,7 +144,7 @@ class Selector:
       return jnp.maximum(weights, jnp.finfo(jnp.float32).tiny) if rule is Rule.PROB_RAW else weights
     return self.lara
 
-  def select(self, key: jax.Array, epoch: int, params: PyTree, state: dict) -> PyTree | None:
+  def select(self, key: jax.Array, epoch: int, params: PyTree, state: PyTree) -> PyTree | None:
     """The selection for ``epoch`` (``None`` = full fine-tuning)."""
     rule = self.strategy.rule
     if rule is Rule.FULL:
@@ -167,11 +167,10 @@ class Selector:
       selection, _ = self._draw(key, weights)
     return selection
 
-  def observe(self, state: dict, channel_norms: Mapping[str, jax.Array],
-              selection: PyTree | None) -> dict:
+  def observe(self, state: PyTree, channel_norms: Mapping[str, jax.Array],
+              selection: PyTree | None) -> PyTree:
     """After an epoch: store the measured norms of the trained channels (MeDyate)."""
     if not self.strategy.tracks_norms:
       return state
     measured = samplers.pool_vector(self.sampler, channel_norms)
-    return samplers.medyate_update(state, measured,
-                                   samplers.selected_vector(self.sampler, selection))
+    return medyate.update(state, measured, samplers.selected_vector(self.sampler, selection))

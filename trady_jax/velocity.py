@@ -11,7 +11,7 @@ training split (``split_dataset(val_len=10)`` in its code):
   (``velocity_mu: 0.5``); ``phi^0 = v^0 = 0``, so ``v^1 = phi^1``;
 * Eq. 5-7: neurons by decreasing ``|v_i| / C^w_i`` (velocity per parameter, ``C^w_i`` the
   neuron's weights ``kh kw C_in / g``), added while the running weight count stays within the
-  budget (``samplers.fill_rule``);
+  budget (``allocation.fill_rule``);
 * the first epoch, with no velocity yet, takes random neurons to the budget (the code's random
   initialisation).
 
