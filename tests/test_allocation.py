@@ -9,7 +9,7 @@ import optax
 import pytest
 
 from trady_jax import selector as selector_lib
-from trady_jax import allocation, ops, samplers, sparse_update, steps, strategies
+from trady_jax import allocation, ops, oracle, samplers, sparse_update, steps, strategies
 from trady_jax import selection as sel
 from trady_jax.config import Config, ConfigError
 
@@ -157,10 +157,10 @@ def test_su_trains_its_scheme_biases(tiny):
 
 
 def test_oracle_is_the_norm_of_the_whole_split_gradient(tiny):
-  from trady_jax import ranking, train
+  from trady_jax import ranking
   model, params, c = tiny
   batches = [_batch(seed=i) for i in range(3)]
-  got = train._oracle(model, c, lambda: iter(batches))(params)
+  got = oracle.full_gradient_norms(model, c, lambda: iter(batches))(params)
 
   def loss(p):
     return sum(steps.cross_entropy(model.apply({"params": p}, b["image"]), b["label"])

@@ -1,6 +1,5 @@
 """Selection pytree, layers, costs, sparse_update and samplers on a tiny CNN."""
 
-import collections
 import dataclasses
 from typing import Any
 

@@ -5,7 +5,6 @@ file, or in a correct result; none may run code, crash the interpreter or go sil
 """
 
 import io
-import json
 import os
 import pickle
 import struct

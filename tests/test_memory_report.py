@@ -1,7 +1,6 @@
 """Exact memory totals (method-spec 0.3, Appendix A), MIT SU schemes (7.3) and the report script."""
 
 import json
-from pathlib import Path
 
 import pytest
 

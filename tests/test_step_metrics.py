@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from trady_jax import step_metrics, train
+from trady_jax import divergence, step_metrics
 from tests.test_train import _run
 
 
@@ -51,7 +51,7 @@ def test_run_reads_metrics_back_every_log_every_steps(tmp_path, monkeypatch, log
 
 
 def test_nonfinite_step_is_named_after_a_deferred_read(tmp_path):
-  with pytest.raises(train.DivergedError) as e:
+  with pytest.raises(divergence.DivergedError) as e:
     _run(tmp_path, "baseline", lr=1e30, log_every=100).run()
   # Read once, after the epoch's 6th step; the error names the step that went wrong (the first
   # warm-up step has lr 0).

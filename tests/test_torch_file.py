@@ -1,6 +1,5 @@
 """PyTorch checkpoints read without PyTorch (fixtures written by torch 2.13 ``torch.save``)."""
 
-import io
 import pickle
 import zipfile
 from pathlib import Path

@@ -6,9 +6,11 @@ import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
-from trady_jax import checkpoint, config, costs, ranking, train
+from trady_jax import checkpoint, config, costs, train
+from trady_jax import selection as sel
 from trady_jax.models.tiny import TinyCNN
 
 SIZE = 32
@@ -36,7 +38,7 @@ class _Pair(tuple):
     return len(self[1])
 
 
-def _run(tmp, strategy, bn="folded", **kw):
+def _run(tmp, strategy, bn="folded", run_kw=None, **kw):
   cfg = config.Config(arch="tiny", pretrained=False, image_size=SIZE, dataset="synthetic",
                       strategy=strategy, budget=3000, epochs=2, warmup_epochs=1, batch_size=16,
                       progress=False, bn=bn, **{"lr": 0.05, **kw})
@@ -49,7 +51,7 @@ def _run(tmp, strategy, bn="folded", **kw):
   return train.Run(cfg, tmp, model=model, params=params, train_source=_Pair(_data(96, 0)),
                    test_source=_Pair(_data(48, 1)), batches=_batches, ranking_doc=doc,
                    scheme_counts={"blocks_1_depthwise/kernel": 4, "blocks_1_pointwise2/kernel": 6},
-                   batch_stats=variables.get("batch_stats"))
+                   batch_stats=variables.get("batch_stats"), **(run_kw or {}))
 
 
 @pytest.mark.parametrize("strategy", ["trady", "medyate", "baseline", "su", "d-det-rgn"])
@@ -111,3 +113,24 @@ def test_mismatched_or_corrupt_checkpoint_is_an_error(tmp_path):
       f.write_bytes(b"garbage")
   with pytest.raises(checkpoint.CheckpointError):
     _run(tmp_path, "trady").run()
+
+
+def test_the_loop_takes_its_optimizer(tmp_path):
+  """``Run(optimizer=...)``: a selective run wraps any optax optimiser in ``sparse_update`` with
+  the strategy's pool (Adam state only where the SU scheme trains; other leaves ``MaskedNode``),
+  and leaves the layers outside its pool untouched."""
+  run = _run(tmp_path, "su", run_kw={"optimizer": lambda lr: optax.adam(lr)})
+  state = run.tx.init(run.params0)
+  nodes = jax.tree.leaves(state, is_leaf=lambda x: isinstance(x, optax.MaskedNode))
+  assert any(isinstance(x, optax.MaskedNode) for x in nodes)
+  arrays = sum(x.size for x in jax.tree.leaves(state) if hasattr(x, "size"))
+  assert arrays < 2 * sum(x.size for x in jax.tree.leaves(run.params0)) - 1  # less than dense Adam
+  start = jax.tree.map(np.array, run.params0)  # the step donates its arguments
+  final = run.run()
+  assert np.isfinite(final["train_loss"])
+  pool = {"blocks_1_depthwise/kernel", "blocks_1_pointwise2/kernel"}  # _run's scheme
+  frozen = [l.path for l in run.costs.convs if l.path not in pool]
+  assert len(frozen) == len(run.costs.convs) - 2
+  for path in frozen:
+    before = sel.at_path(start, path)
+    np.testing.assert_array_equal(np.asarray(sel.at_path(run.params, path)), np.asarray(before))

@@ -8,9 +8,7 @@ killed at any point restarts from its last finished epoch and reaches the same f
 
 from __future__ import annotations
 
-import functools
 import json
-import math
 import time
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -18,79 +16,22 @@ from typing import Any, Callable, Mapping, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from tqdm.auto import tqdm
 
-from trady_jax import (batchnorm, checkpoint, parallel, ranking, results, step_metrics, steps,
-                       strategies, velocity, workdir, xla)
+from trady_jax import (atomic, batchnorm, checkpoint, divergence, optim, parallel, ranking,
+                       step_metrics, steps, strategies, velocity, workdir, xla)
+from trady_jax import oracle as oracle_lib
 from trady_jax import selection as sel
 from trady_jax import selector as selector_lib
 from trady_jax.config import Config, ConfigError
-from trady_jax.costs import NetworkCosts, trace
+from trady_jax.costs import trace
+from trady_jax.report import records
 from trady_jax.sparse_update import sparse_update
 
+# Re-exported: the error a run raises when it diverges (``trady_jax.divergence``).
+DivergedError = divergence.DivergedError
+
 PyTree = Any
-
-
-class DivergedError(RuntimeError):
-  """Training reached a non-finite loss or parameter; the run stopped before saving it."""
-  exit_code = 3
-
-  def __init__(self, epoch: int, step: int | None, what: str):
-    self.record = {"epoch": epoch, "step": step, "what": what}
-    at = f"epoch {epoch}" + ("" if step is None else f", step {step}")
-    super().__init__(f"training diverged at {at} ({what}); nothing of that epoch was saved. "
-                     "Try a lower --lr in a new workdir")
-
-
-@jax.jit
-def _all_finite(tree: PyTree) -> jax.Array:
-  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
-
-
-def _check_finite(epoch: int, record: Mapping, params: PyTree) -> None:
-  """``DivergedError`` unless the parameters and the epoch's losses are all finite."""
-  if not bool(_all_finite(params)):
-    raise DivergedError(epoch, None, "non-finite parameters")
-  for k in ("train_loss", "test_loss"):
-    if k in record and not math.isfinite(record[k]):
-      raise DivergedError(epoch, None, f"{k} {record[k]}")
-
-
-def learning_rate(cfg: Config, steps_per_epoch: int) -> optax.Schedule:
-  """Linear warm-up from 0 to ``cfg.lr`` over the warm-up epochs, then cosine to 0, per step."""
-  total = cfg.total_epochs() * steps_per_epoch
-  warmup = cfg.warmup_epochs * steps_per_epoch
-  warmup = max(warmup, 1)
-  return optax.warmup_cosine_decay_schedule(0.0, cfg.lr, warmup, max(total, warmup + 1), 0.0)
-
-
-def _oracle(model, costs: NetworkCosts, batches: Callable[[], Any],
-            batch_stats: Callable[[], PyTree] = lambda: None) -> Callable:
-  """Channel norms (Eq. 6) of the full gradient, the "complete gradient knowledge" of Det RGN /
-  Det Raw / Prob Raw: the loss gradient averaged over ``batches()`` (the whole training split
-  unless ``Config.oracle_batches`` asks for a few-batch approximation), accumulated batch by
-  batch, then its per-channel norms. ``batch_stats()``: the current BN running statistics (BN
-  then uses batch statistics)."""
-
-  @functools.partial(jax.jit, donate_argnums=0)
-  def add(total, params, batch, stats):
-    def logits(p):
-      if stats is None:
-        return model.apply({"params": p}, batch["image"])
-      return model.apply({"params": p, "batch_stats": stats}, batch["image"],
-                         mutable=["batch_stats"])[0]
-
-    g = jax.grad(lambda p: steps.cross_entropy(logits(p), batch["label"]))(params)
-    return jax.tree.map(jnp.add, total, g)
-
-  def oracle(params):
-    total, n = jax.tree.map(jnp.zeros_like, params), 0
-    for b in batches():
-      total, n = add(total, params, b, batch_stats()), n + 1
-    return ranking.channel_norms(jax.tree.map(lambda g: g / max(n, 1), total), costs)
-
-  return oracle
 
 
 class Run:
@@ -99,7 +40,13 @@ class Run:
   def __init__(self, cfg: Config, workdir: str | Path, *, model, params: PyTree, train_source,
                test_source, batches: Callable, ranking_doc: Mapping | None = None,
                scheme_counts: Mapping[str, int] | None = None,
-               batch_stats: PyTree | None = None, scheme_biases: Sequence[str] = ()):
+               batch_stats: PyTree | None = None, scheme_biases: Sequence[str] = (),
+               optimizer: optim.Optimizer = optim.sgd, loss_fn: Callable = steps.cross_entropy,
+               provenance: Mapping[str, Any] | None = None):
+    """``optimizer(schedule)``: the optax optimiser (the papers' SGD by default; a selective run
+    wraps it in ``sparse_update`` with the strategy's pool). ``loss_fn(logits, labels)``: the
+    batch-mean loss of training and evaluation. ``provenance``: what the run was built from
+    (weights, data, BN mode...), added to its final record."""
     self.cfg, self.workdir = cfg, Path(workdir)
     self.workdir.mkdir(parents=True, exist_ok=True)
     self.model, self.params0 = model, params
@@ -118,13 +65,11 @@ class Run:
       raise ConfigError(f"{len(train_source)} training images do not make one batch of "
                         f"{cfg.batch_size}")
     self.steps_per_epoch = min(n, cfg.max_steps_per_epoch) if cfg.max_steps_per_epoch else n
-    schedule = learning_rate(cfg, self.steps_per_epoch)
+    schedule = optim.learning_rate(cfg, self.steps_per_epoch)
     self.schedule = schedule
-    full = self.strategy.is_full
-    self.tx = optax.sgd(schedule) if full else optax.chain(sparse_update(), optax.sgd(schedule))
     oracle = None
     if self.strategy.needs_oracle:
-      oracle = _oracle(model, self.costs, lambda: self._oracle_batches(),
+      oracle = oracle_lib.full_gradient_norms(model, self.costs, lambda: self._oracle_batches(),
                        lambda: self.batch_stats)
     self.selector = selector_lib.Selector(
         self.strategy, params, self.costs, cfg.budget, ranking_doc=ranking_doc,
@@ -132,15 +77,18 @@ class Run:
         allocation=cfg.allocation, oracle=oracle, scheme_biases=scheme_biases,
         neq=None if neq_source is None else velocity.from_source(
             model, self.costs, neq_source, batches, params, batch_stats, seed=cfg.seed))
+    self.provenance = dict(provenance or {})
+    self.tx = (optimizer(schedule) if self.strategy.is_full else
+               sparse_update(optimizer(schedule), pool=self.selector.pool))
     track = self.strategy.tracks_norms
-    train_step = steps.make_train_step(model, self.tx, costs=self.costs,
+    train_step = steps.make_train_step(model, self.tx, costs=self.costs, loss_fn=loss_fn,
                                        norm_paths=self.selector.layers if track else (),
                                        norm_grads=cfg.medyate_norm == "epoch",
                                        prefix_chunks=cfg.prefix_chunks)
     train_step = self._traced_step = xla.count_traces(train_step)  # one trace per compilation
     # Data parallel over all devices when there are several (batch sharded, rest replicated).
     self.mesh = parallel.mesh() if jax.device_count() > 1 else None
-    eval_step = steps.make_eval_step(model, chunks=cfg.prefix_chunks)
+    eval_step = steps.make_eval_step(model, loss_fn=loss_fn, chunks=cfg.prefix_chunks)
     stats = batch_stats is not None
     if self.mesh is None:
       self.train_step = jax.jit(train_step, donate_argnums=(0, 1))
@@ -155,6 +103,11 @@ class Run:
     self.step_memory = {}  # Config.measure_memory: the compiled step's XLA figures
     self._epoch = 0
     self._events = None  # step_metrics.EventWriter while a run trains
+
+  @property
+  def info(self) -> dict:
+    """The run's ``provenance`` (older name)."""
+    return self.provenance
 
   def _place(self, tree):
     """Replicate params / state / selection over the mesh (no-op on one device)."""
@@ -201,21 +154,21 @@ class Run:
     """Train to the end (resuming if a checkpoint exists); return the final metrics.
 
     The workdir is locked meanwhile (``workdir.WorkdirBusy`` when another process trains there).
-    A non-finite loss or parameter stops the run with ``DivergedError`` and ``results.DIVERGED``;
+    A non-finite loss or parameter stops the run with ``divergence.DivergedError`` and ``records.DIVERGED``;
     ``self.epochs_trained`` is 0 when the run had finished before.
     """
     with workdir.locked(self.workdir):
       try:
-        return self._run(on_epoch_end)
-      except DivergedError as e:
-        results.write_json_atomic(self.workdir / results.DIVERGED, {**e.record, "message": str(e)})
+        return {**self._run(on_epoch_end), **self.provenance}
+      except divergence.DivergedError as e:
+        atomic.write_json_atomic(self.workdir / records.DIVERGED, {**e.record, "message": str(e)})
         raise
 
   def _run(self, on_epoch_end) -> dict:
     cfg = self.cfg
-    if (self.workdir / results.DIVERGED).exists():
+    if (self.workdir / records.DIVERGED).exists():
       raise workdir.WorkdirError(f"{self.workdir} holds a run that diverged (see "
-                                 f"{self.workdir / results.DIVERGED}); use another workdir, or "
+                                 f"{self.workdir / records.DIVERGED}); use another workdir, or "
                                  "delete that file to try again")
     ckpt = checkpoint.RunCheckpoints(self.workdir, cfg.to_json())
     params, self.batch_stats = self.params0, self.batch_stats0
@@ -234,10 +187,10 @@ class Run:
         selection = self.selector.restore(
             meta.get("capacity"),
             {p: np.asarray(i, np.int32) for p, i in meta["selection"].items()})
-      _truncate_metrics(metrics_path, start)
+      workdir.truncate_metrics(metrics_path, start)
       print(f"resuming {self.workdir} after epoch {start}")
     else:
-      _check_nothing_to_lose(self.workdir)
+      workdir.check_nothing_to_lose(self.workdir)
       metrics_path.unlink(missing_ok=True)
     params, opt_state = self._place(params), self._place(opt_state)
     self.batch_stats = self._place(self.batch_stats)
@@ -266,7 +219,7 @@ class Run:
                 "bn_bytes": self.bn_bytes, **self.step_memory}
       if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == total_epochs:
         record.update(self.evaluate(params))
-      _check_finite(epoch + 1, record, params)
+      divergence.check_finite(epoch + 1, record, params)
       ckpt.save(epoch + 1, self._state(params, opt_state, sampler_state),
                 {"metrics": record, "capacity": self.selector.capacity,
                  "selection": {p: i.tolist()
@@ -334,7 +287,7 @@ class Run:
     """Read the step metrics back (the one host sync), stop a diverged run, update the bar."""
     r = meter.read()
     if r["first_nonfinite_step"]:
-      raise DivergedError(epoch + 1, r["first_nonfinite_step"], f"loss {r['loss']}")
+      raise divergence.DivergedError(epoch + 1, r["first_nonfinite_step"], f"loss {r['loss']}")
     n = max(r["steps"], 1)
     if bar is not None:
       bar.set_postfix(loss=f"{r['loss'] / n:.3f}", acc=f"{r['accuracy'] / n:.3f}",
@@ -347,31 +300,3 @@ class Run:
     return r
 
 
-def _metric_lines(path: Path) -> list[tuple[str, dict]]:
-  """``(line, record)`` of every readable line of a metrics file (a damaged line is dropped)."""
-  out = []
-  for line in path.read_text(errors="replace").splitlines() if path.exists() else ():
-    try:
-      rec = json.loads(line)
-    except ValueError:
-      continue
-    if isinstance(rec, dict) and isinstance(rec.get("epoch"), int):
-      out.append((line, rec))
-  return out
-
-
-def _truncate_metrics(path: Path, epochs: int) -> None:
-  """Keep the metric lines of the first ``epochs`` epochs (those the checkpoint covers)."""
-  if path.exists():
-    kept = [l for l, rec in _metric_lines(path) if rec["epoch"] <= epochs]
-    results.write_text_atomic(path, "".join(l + "\n" for l in kept))
-
-
-def _check_nothing_to_lose(wd: Path) -> None:
-  """``WorkdirError`` when a fresh start would throw away the results of an earlier run."""
-  kept = [f for f in ("final.json", "metrics.jsonl") if (wd / f).exists()]
-  if kept and (kept != ["metrics.jsonl"] or _metric_lines(wd / "metrics.jsonl")):
-    raise workdir.WorkdirError(
-        f"{wd} holds {' and '.join(kept)} of an earlier run but no checkpoint to resume from "
-        f"({wd / 'checkpoints'} is missing, empty or renamed): put the checkpoints back to "
-        "resume, move those files away to start over, or use another workdir")

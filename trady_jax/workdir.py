@@ -17,6 +17,8 @@ import socket
 import time
 from pathlib import Path
 
+from trady_jax import atomic
+
 LOCK = ".lock"  # WORKDIR/.lock
 _HELD: dict[str, list] = {}  # resolved lock path -> [open file, depth] held by this process
 
@@ -124,3 +126,35 @@ def locked(workdir: str | os.PathLike):
     yield path
   finally:
     release(workdir)
+
+
+# --- what a run folder holds ----------------------------------------------------------------
+
+def metric_lines(path: Path) -> list[tuple[str, dict]]:
+  """``(line, record)`` of every readable line of a metrics file (a damaged line is dropped)."""
+  out = []
+  for line in path.read_text(errors="replace").splitlines() if path.exists() else ():
+    try:
+      rec = json.loads(line)
+    except ValueError:
+      continue
+    if isinstance(rec, dict) and isinstance(rec.get("epoch"), int):
+      out.append((line, rec))
+  return out
+
+
+def truncate_metrics(path: Path, epochs: int) -> None:
+  """Keep the metric lines of the first ``epochs`` epochs (those the checkpoint covers)."""
+  if path.exists():
+    kept = [l for l, rec in metric_lines(path) if rec["epoch"] <= epochs]
+    atomic.write_text_atomic(path, "".join(l + "\n" for l in kept))
+
+
+def check_nothing_to_lose(wd: Path) -> None:
+  """``WorkdirError`` when a fresh start would throw away the results of an earlier run."""
+  kept = [f for f in ("final.json", "metrics.jsonl") if (wd / f).exists()]
+  if kept and (kept != ["metrics.jsonl"] or metric_lines(wd / "metrics.jsonl")):
+    raise WorkdirError(
+        f"{wd} holds {' and '.join(kept)} of an earlier run but no checkpoint to resume from "
+        f"({wd / 'checkpoints'} is missing, empty or renamed): put the checkpoints back to "
+        "resume, move those files away to start over, or use another workdir")

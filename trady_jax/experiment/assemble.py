@@ -67,13 +67,14 @@ def build_run(cfg: Config, workdir: str | Path) -> train.Run:
                         num_workers=cfg.num_workers, image_size=cfg.image_size,
                         pad_remainder=not train)
 
+  # Velocity holds NEq's images out of the training split: the run reports its own count.
+  provenance = {"pretrained": pretrained, "data": where, "test_images": len(test_src),
+                "bn": cfg.bn, "weights_file": net.weights,
+                "random_init_layers": list(net.random_init_layers), "ranking_notes": notes}
   run = train.Run(cfg, workdir, model=model, params=params, train_source=train_src,
                   test_source=test_src, batches=batches, ranking_doc=doc, scheme_counts=counts,
-                  batch_stats=net.batch_stats, scheme_biases=biases)
-  # Velocity holds NEq's images out of the training split: the run's own count.
-  run.info = {"pretrained": pretrained, "data": where, "train_images": len(run.train_source),
-              "test_images": len(test_src), "bn": cfg.bn, "weights_file": net.weights,
-              "random_init_layers": list(net.random_init_layers), "ranking_notes": notes}
+                  batch_stats=net.batch_stats, scheme_biases=biases, provenance=provenance)
+  run.provenance["train_images"] = len(run.train_source)
   return run
 
 
@@ -98,4 +99,4 @@ def run(cfg: Config, workdir: str | Path | None = None) -> dict:
     if not r.epochs_trained and records.is_finished(wd):
       print(f"{wd} had finished; its final.json is left as it was")
       return json.loads((r.workdir / "final.json").read_text())
-    return records.write_final(r.workdir, {**final, **r.info, "workdir": wd}, cfg)
+    return records.write_final(r.workdir, {**final, "workdir": wd}, cfg)

@@ -9,7 +9,7 @@ import math
 import sys
 from typing import Callable, Sequence
 
-from trady_jax import checkpoint, config, parallel, train, workdir
+from trady_jax import checkpoint, config, divergence, parallel, workdir
 from trady_jax.config import ConfigError
 from trady_jax.data.folder import ImageError
 from trady_jax.experiment.assemble import default_workdir, run
@@ -46,7 +46,7 @@ QUICK = config.Config(strategy="trady", train_limit=2000, test_limit=1000, epoch
 PRESETS = {"quick": QUICK, "paper": config.Config()}  # 'paper': the papers' protocol
 
 # Failures the user can act on: one line on stderr, no traceback (see ``exit_status``).
-USER_ERRORS = (ConfigError, workdir.WorkdirError, train.DivergedError, checkpoint.CheckpointError,
+USER_ERRORS = (ConfigError, workdir.WorkdirError, divergence.DivergedError, checkpoint.CheckpointError,
                ImageError)
 
 
