@@ -1,10 +1,13 @@
-"""One run, one folder, one process: the exclusive lock on a run folder.
+"""One run, one folder, one process: the exclusive lock on a run folder, and what the folder holds.
 
 ``WORKDIR/.lock`` is held with ``fcntl.flock`` for as long as a process trains the run. The kernel
 drops the lock when that process ends, however it ends, so a lock is never left behind by a dead
 process: a lock file nobody holds (empty, or naming a dead process) is stale and simply taken.
 The file's content, ``{"host", "pid", "time"}``, only says who holds it. Within one process the
 lock is re-entrant (the training script and its ``Run`` both take it).
+
+What a run folder holds besides: ``metrics.jsonl`` (one line per finished epoch, cut back to the
+checkpoint on resume) and ``final.json``; a fresh start that would overwrite them is refused.
 """
 
 from __future__ import annotations
