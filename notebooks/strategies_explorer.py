@@ -14,236 +14,200 @@
 # ---
 
 # %% [markdown]
-# # Channel-sampling strategies, side by side
+# # Channel-selection strategies, side by side
 #
-# TraDy and MeDyate differ mainly in how they draw the channels to train inside a memory budget.
-# This notebook compares the package's samplers on one set of candidate layers of `mbv2-w0.35`:
-# how fully each draw uses the budget, how the channels are spread over the layers, and how fast
-# repeated draws explore the search space, next to MeDyate's exploration bound
-# `u_e = (1 - alpha)^e` (MeDyate section 3.5). MeDyate's importance signal is simulated, so no
-# training, no weights and no data are needed; it runs in seconds on a CPU.
+# TraDy and MeDyate differ in where and how they draw the channels to train inside a memory
+# budget. This notebook fine-tunes the pretrained `mbv2-w0.35` on a slice of CIFAR-10 with a few
+# of the strategies in `trady_jax.strategies.REGISTRY`, each through the library's run loop
+# (`trady_jax.experiment.build_run`, `trady_jax.train.Run`), and plots from the runs' own
+# selections and records:
+#
+# * how each strategy spreads the budget over the layers, epoch after epoch;
+# * how much of its candidate channels it has trained after `e` epochs, next to MeDyate's
+#   exploration bound `1 - (1 - alpha)^e` (MeDyate section 3.5);
+# * the test accuracy after each epoch.
+#
+# A few epochs on a few hundred images show the mechanics, not the papers' accuracies (those need
+# the full protocol: `experiments/train.py`, 100 epochs of CIFAR-10).
 #
 # [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/trady-jax/trady-jax/blob/main/notebooks/strategies_explorer.ipynb)
 
 # %%
 import sys
 
-IN_COLAB = "google.colab" in sys.modules
-if IN_COLAB:
+if "google.colab" in sys.modules:  # Colab: install the package (a local checkout has it already)
   # %pip install -q "trady-jax @ git+https://github.com/trady-jax/trady-jax"
-  print("trady-jax installed")
+  pass
 
 # %% [markdown]
-# ## Configuration
-#
-# `TRADY_NOTEBOOK_SMALL=1` (set by the test suite) uses fewer draws, epochs and seeds.
+# ## Settings
+
+# %% tags=["parameters"]
+STRATEGIES = ("d-full-random", "trady", "medyate", "su")  # names in strategies.REGISTRY
+ARCH = "mbv2-w0.35"   # the network: 'mbv2-w0.35', 'mcunet-in1' or 'proxyless-w0.3'
+IMAGE_SIZE = 128      # input resolution (the papers': 128)
+TRAIN_IMAGES = 320    # CIFAR-10 training images (class-balanced); 0 = all 50,000
+TEST_IMAGES = 256     # CIFAR-10 test images; 0 = all 10,000
+EPOCHS = 4            # epochs per strategy
+BATCH = 32            # batch size (the papers': 32)
+DOWNLOAD = True       # download weights and CIFAR-10 when no local copy is found
 
 # %%
-import os
+import logging
+import tempfile
+import warnings
 
-import jax
 import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.colors import PowerNorm
+from matplotlib.ticker import PercentFormatter
 
-from trady_jax import costs, models, paper, ranking, rankings, samplers, selection
+logging.getLogger("absl").setLevel(logging.ERROR)  # tfds' notes while it looks for a copy
+warnings.filterwarnings("ignore", message="IProgress not found")  # progress bars are off here
+from trady_jax import config, experiment, paper, selection, strategies
 
-SMALL = os.environ.get("TRADY_NOTEBOOK_SMALL") == "1"
-DRAWS = 100 if SMALL else 500
-EPOCHS = 10 if SMALL else 20
-SEEDS = 2 if SMALL else 5
-BUDGET = paper.BUDGETS["mbv2-w0.35"][0]  # units: TraDy's smallest mbv2-w0.35 budget, about 2.2 %
-ALPHA_OPT = paper.ALPHA_OPT  # MeDyate's target budget / search-space ratio
-
-# %% [markdown]
-# ## Layer set
-#
-# Only the shapes matter here, so the architecture is built without pretrained weights. The
-# candidate layers follow MeDyate's rule (Eq. 10): the smallest top-K prefix of a layer ranking
-# whose memory `M_K` makes `alpha_K = B_mem / M_K <= 0.2`. The ranking is the shipped LaRa ranking
-# when the package has one, otherwise the layers are taken deepest first.
-
-# %%
-model, params = models.load_model("mbv2-w0.35", 10, pretrained=False)
-net = costs.trace(model, (1, 128, 128, 3))
-rank_file = rankings.default_path("mbv2-w0.35")
-if rank_file.exists():
-  scores = ranking.load(rank_file, net)["lara"]
-  print(f"layer order: shipped LaRa ranking ({rank_file.name})")
-else:
-  scores = {l.path: float(l.index + 1) for l in net.convs}
-  print("no shipped ranking for mbv2-w0.35: layers ordered deepest first")
-pool = sorted(ranking.top_k_alpha(scores, net, BUDGET, ALPHA_OPT), key=lambda p: net[p].index)
-layers = [net[p] for p in pool]
-pool_memory = sum(l.layer_memory for l in layers)
-alpha = BUDGET / pool_memory
-print(f"{len(pool)} candidate layers, {sum(l.in_channels for l in layers)} channels, "
-      f"{pool_memory:,} units; alpha = {BUDGET:,} / {pool_memory:,} = {alpha:.3f}")
-for l in layers:
-  print(f"  {l.path.removesuffix('/kernel'):<22} {l.kind:<9} C_in {l.in_channels:>4}  "
-        f"{l.memory:>4} units/channel")
+for name in STRATEGIES:
+  print(f"{name:<14} {strategies.get(name)}")
 
 # %% [markdown]
-# ## A simulated importance signal
+# ## The runs
 #
-# Each channel gets a fixed "true importance" (a per-layer scale times a log-normal spread). A
-# measured gradient norm is the true importance times log-normal noise, shrinking over epochs as
-# gradients do during fine-tuning. MeDyate stores the measured norms of the channels it trained
-# (`samplers.medyate_update`); after epoch 1 the channels it has not seen yet get the largest norm
-# observed, so they are explored first.
+# One `Config` per strategy, the same data, network, budget and seed. `record_draws` keeps every
+# selection a run's selector draws (it observes the run; the run itself is unchanged), and
+# `on_epoch_end` every epoch's record (budget used, losses, test accuracy). TraDy and MeDyate
+# need a layer ranking of the network: the one shipped with the package is of the int8 weights in
+# `../shared`, so with downloaded weights the notebook ranks the network first
+# (`experiment.rank_layers`), as in the quickstart.
 
 # %%
-rng = np.random.default_rng(0)
-layer_scale = rng.lognormal(0.0, 0.5, len(layers))
-true_importance = np.concatenate([s * rng.lognormal(0.0, 1.0, l.in_channels)
-                                  for s, l in zip(layer_scale, layers)])
-channel_memory = np.concatenate([np.full(l.in_channels, l.memory) for l in layers])
+base = config.Config(arch=ARCH, dataset="cifar10", offline=not DOWNLOAD, image_size=IMAGE_SIZE,
+                     train_limit=TRAIN_IMAGES, test_limit=TEST_IMAGES, batch_size=BATCH,
+                     epochs=EPOCHS, warmup_epochs=0, budget=paper.BUDGETS[ARCH][0],
+                     progress=False)
 
 
-def measure(epoch, rng):
-  """Gradient norms measured after an epoch: true importance, noise, and a slow decay."""
-  noise = rng.lognormal(0.0, 0.3, true_importance.shape)
-  return true_importance * noise * 0.9 ** epoch
+def record_draws(run, draws):
+  """Append ``{kernel path: channel indices}`` of every selection ``run`` draws to ``draws``."""
+  select = run.selector.select
+
+  def recorded(*args):
+    s = select(*args)
+    draws.append(selection.as_numpy(s))
+    return s
+
+  run.selector.select = recorded
+
+
+runs, draws, history = {}, {}, {}
+for name in STRATEGIES:
+  print(f"--- {name}")
+  workdir = tempfile.mkdtemp(prefix=f"trady-{name}-")
+  try:
+    run = experiment.build_run(config.override(base, strategy=name).validate(), workdir)
+  except config.ConfigError as err:  # the shipped ranking does not fit these weights
+    print(f"{err}\n-> ranking this network on the {TRAIN_IMAGES or 'all'} training images")
+    base = config.override(base, ranking=str(experiment.rank_layers(base, out=f"{workdir}.json")))
+    run = experiment.build_run(config.override(base, strategy=name), workdir)
+  runs[name] = run
+  record_draws(run, draws.setdefault(name, []))
+  records = history.setdefault(name, [])
+  run.run(on_epoch_end=lambda epoch, record: records.append(record))
+  last = history[name][-1]
+  layers = len(run.selector.layers) or "the SU scheme's"
+  print(f"{name}: {layers} candidate layers, {last['units']:,} units in the last epoch, test "
+        f"accuracy {last['test_accuracy']:.1%}, {last['compilations']} compilation(s)")
 
 # %% [markdown]
-# ## The samplers
+# ## Where the budget goes
 #
-# * **uniform, fixed counts** (`allocation="fixed"`): every channel has the same inclusion
-#   probability and every draw has the same per-layer counts, so a jitted step compiles once;
-# * **uniform, fill rule** (the papers' rule, the package default): channels in random order,
-#   added while the running total fits in the budget;
-# * **MeDyate weighted**: sampling without replacement proportional to the stored norms, with the
-#   fill rule, here with MeDyate's state after a few epochs;
-# * **deterministic**: highest weight first, here the reweighted importance (importance per unit
-#   of memory, as Det RGN); every draw is the same.
+# Each column is an epoch, each row a conv layer (forward order, input side at the top); the
+# colour (square-root scale) is the share of the budget that layer's selected channels use
+# (`C^W + C^A` per channel).
+# D-Full-Random draws anywhere in the network; TraDy only inside the top-K layers of the offline
+# RGN ranking; MeDyate inside the LaRa top-K, weighting channels by their stored gradient norms;
+# SU trains the same fixed scheme every epoch. A static strategy draws once: its one selection is
+# repeated.
 
 # %%
-def selected(sampler, sel):
-  """Flat boolean vector over the sampler's pool: the channels ``sel`` trains.
-
-  Host-side ``samplers.selected_vector``: the fill-rule selections change shape from draw to draw,
-  and numpy avoids compiling a scatter for every new shape.
-  """
-  idx = selection.as_numpy(sel)
-  return np.concatenate([np.isin(np.arange(l.in_channels), idx.get(l.path, ()))
-                         for l in sampler.layers])
+costs = runs[STRATEGIES[0]].costs
+convs = costs.convs
+budget = base.budget
 
 
-uniform_fixed = samplers.uniform(params, net, BUDGET, pool, allocation="fixed")
-uniform_fill = samplers.uniform(params, net, BUDGET, pool, allocation="exact")
-medyate = samplers.weighted(params, net, BUDGET, pool, allocation="exact")
-det = samplers.deterministic(params, net, BUDGET, pool)
+def shares(name):
+  """``(layers, epochs)`` share of the budget each layer's selected channels use."""
+  out = np.zeros((len(convs), len(history[name])))
+  for e in range(out.shape[1]):
+    picked = draws[name][min(e, len(draws[name]) - 1)]
+    out[:, e] = [len(picked.get(l.path, ())) * l.memory / budget for l in convs]
+  return out
 
-# MeDyate's state after a few epochs: epoch 1 is uniform (all norms equal), then every epoch
-# stores the norms measured on the channels it trained.
-state = samplers.medyate_init(medyate)
-for e in range(1, 9):
-  s = medyate.sample(jax.random.key(100 + e), state["norms"])
-  state = samplers.medyate_update(state, measure(e, rng), selected(medyate, s))
-print(f"MeDyate state after {int(state['updates'])} epochs: "
-      f"{float(state['seen'].mean()):.0%} of the channels measured at least once")
 
-strategies = {
-    "uniform, fixed counts": (jax.jit(uniform_fixed.sample), None),
-    "uniform, fill rule": (uniform_fill.sample, None),
-    "MeDyate weighted": (medyate.sample, state["norms"]),
-    "deterministic (RGN)": (det.sample, true_importance / channel_memory),
-}
-key = jax.random.key(0)
-fill, alloc = {}, {}
-for name, (sample, weights) in strategies.items():
-  draws = 1 if name.startswith("deterministic") else DRAWS
-  rows = []
-  for i in range(draws):
-    c = selection.counts(sample(jax.random.fold_in(key, i), weights))
-    rows.append([c.get(p, 0) for p in pool])
-  rows = np.array(rows * (DRAWS // draws))
-  alloc[name] = rows
-  fill[name] = rows @ np.array([l.memory for l in layers]) / BUDGET
-  print(f"{name:<22} budget used: mean {fill[name].mean():.2%}, min {fill[name].min():.2%}; "
-        f"channels per draw: {rows.sum(1).mean():.1f}")
-  assert fill[name].max() <= 1.0
-
-# %%
-fig, ax = plt.subplots(figsize=(8, 3.8))
-lo = min(f.min() for f in fill.values())
-bins = np.linspace(lo - 1e-3, 1.0 + 1e-3, 40)
-styles = iter([("-", 4), (":", 2.5)])
-for (name, f), color in zip(fill.items(), plt.rcParams["axes.prop_cycle"].by_key()["color"]):
-  if np.ptp(f) == 0:  # the same fill every draw: a vertical line
-    ls, lw = next(styles)
-    ax.axvline(f[0], color=color, ls=ls, lw=lw, label=f"{name}: {f[0]:.2%} every draw")
-  else:
-    ax.hist(f, bins=bins, histtype="stepfilled", alpha=0.45, color=color, label=name)
-ax.set_xlabel("units used / budget")
-ax.set_ylabel(f"draws (of {DRAWS})")
-ax.set_title(f"budget fill over {DRAWS} draws, budget {BUDGET:,} units")
-ax.legend(fontsize=8, loc="upper left")
-fig.tight_layout()
+fig, axes = plt.subplots(1, len(STRATEGIES), figsize=(2.6 * len(STRATEGIES) + 1, 5.5),
+                         sharey=True, squeeze=False)
+vmax = max(shares(n).max() for n in STRATEGIES)
+for ax, name in zip(axes[0], STRATEGIES):
+  im = ax.imshow(shares(name), aspect="auto", cmap="magma_r", norm=PowerNorm(0.5, 0, vmax),
+                 extent=(0.5, len(history[name]) + 0.5, len(convs) - 0.5, -0.5))
+  ax.set_title(name, fontsize=10)
+  ax.set_xlabel("epoch")
+  ax.set_xticks(range(1, len(history[name]) + 1))
+axes[0, 0].set_ylabel("conv layer (forward order)")
+fig.colorbar(im, ax=axes[0].tolist(), label="share of the budget", shrink=0.8,
+             format=PercentFormatter(1.0))
 plt.show()
 
+# %% [markdown]
+# ## Exploration
+#
+# The fraction of a strategy's candidate channels trained at least once after `e` epochs. If each
+# epoch covered a fraction `alpha = B_mem / M_K` of the candidates' memory independently, the
+# unexplored fraction would be `u_e = (1 - alpha)^e`; uniform sampling follows that bound, MeDyate
+# pushes the channels it has not measured yet and explores faster.
+
 # %%
-fig, ax = plt.subplots(figsize=(max(8, 0.7 * len(pool) + 3), 4.5))
-x = np.arange(len(pool))
-width = 0.8 / len(alloc)
-for j, (name, rows) in enumerate(alloc.items()):
-  ax.bar(x + (j - (len(alloc) - 1) / 2) * width, rows.mean(0), width, yerr=rows.std(0),
-         capsize=2, label=name)
-short = lambda p: (p.removesuffix("/kernel").replace("blocks_", "b").replace("pointwise", "pw")
-                   .replace("depthwise", "dw"))
-ax.set_xticks(x, [f"{short(l.path)}\n{l.in_channels} x {l.memory}u" for l in layers], fontsize=7)
-ax.set_xlabel("layer: input channels x units per channel")
-ax.set_ylabel("channels selected (mean, std over draws)")
-ax.set_title("per-layer allocation")
+fig, ax = plt.subplots(figsize=(6.5, 3.8))
+for name, color in zip(STRATEGIES, plt.rcParams["axes.prop_cycle"].by_key()["color"]):
+  pool = [costs[p] for p in runs[name].selector.layers]
+  if not pool:  # a fixed scheme: nothing to explore
+    continue
+  seen = {l.path: set() for l in pool}
+  explored = [0.0]
+  for e in range(len(history[name])):
+    for p, idx in draws[name][min(e, len(draws[name]) - 1)].items():
+      seen[p].update(idx.tolist())
+    explored.append(sum(len(seen[l.path]) * l.memory for l in pool)
+                    / sum(l.layer_memory for l in pool))
+  alpha = budget / sum(l.layer_memory for l in pool)
+  epochs = np.arange(len(explored))
+  ax.plot(epochs, explored, "o-", color=color, label=f"{name} (alpha {alpha:.3f})")
+  ax.plot(epochs, 1 - (1 - alpha) ** epochs, ":", color=color)
+ax.set_xlabel("epoch")
+ax.set_xticks(epochs)
+ax.set_ylabel("candidates' memory trained at least once")
+ax.yaxis.set_major_formatter(PercentFormatter(1.0))
+ax.set_title("exploration; dotted: the bound 1 - (1 - alpha)^e")
 ax.legend(fontsize=8)
 fig.tight_layout()
 plt.show()
 
 # %% [markdown]
-# ## Exploration over epochs
-#
-# One draw per epoch. The bound assumes each epoch covers a fraction `alpha` of the search space
-# independently, so the unexplored fraction after `e` epochs is `u_e = (1 - alpha)^e`. Uniform
-# sampling with fixed counts gives every channel probability about `alpha` per epoch and follows
-# the bound; MeDyate pushes the unseen channels first and explores faster.
+# ## Accuracy and budget use per strategy
 
 # %%
-def explore(seed):
-  """Explored fraction (channels, memory) after each epoch, for uniform and MeDyate sampling."""
-  rng = np.random.default_rng(seed + 1)
-  k = jax.random.key(seed)
-  uni_seen = np.zeros(uniform_fixed.num_channels, bool)
-  st = samplers.medyate_init(medyate)
-  out = {"uniform, fixed counts": [], "MeDyate weighted": []}
-  for e in range(1, EPOCHS + 1):
-    ke = jax.random.fold_in(k, e)
-    s = strategies["uniform, fixed counts"][0](ke)
-    uni_seen |= selected(uniform_fixed, s)
-    s = medyate.sample(ke, st["norms"])
-    st = samplers.medyate_update(st, measure(e, rng), selected(medyate, s))
-    for name, seen in (("uniform, fixed counts", uni_seen),
-                       ("MeDyate weighted", np.asarray(st["seen"]))):
-      out[name].append((seen.mean(), channel_memory[seen].sum() / channel_memory.sum()))
-  return {n: np.array(v) for n, v in out.items()}
-
-
-runs = [explore(s) for s in range(SEEDS)]
-epochs = np.arange(0, EPOCHS + 1)
-bound = 1 - (1 - alpha) ** epochs
-fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
-for j, (ax, what) in enumerate(zip(axes, ("channels", "memory"))):
-  ax.plot(epochs, bound, "k--", label=f"bound 1 - (1 - {alpha:.2f})^e")
-  for name, color in (("uniform, fixed counts", "tab:blue"), ("MeDyate weighted", "tab:red")):
-    v = np.stack([np.concatenate([[0.0], r[name][:, j]]) for r in runs])
-    ax.plot(epochs, v.mean(0), color=color, marker=".", label=f"{name} (mean of {SEEDS})")
-    ax.fill_between(epochs, v.min(0), v.max(0), color=color, alpha=0.15)
+fig, (ax0, ax1) = plt.subplots(1, 2, figsize=(10, 3.6))
+for name in STRATEGIES:
+  epochs = [r["epoch"] for r in history[name]]
+  ax0.plot(epochs, [r["test_accuracy"] for r in history[name]], "o-", label=name)
+  ax1.plot(epochs, [r["units"] / budget for r in history[name]], "o-", label=name)
+for ax in (ax0, ax1):
   ax.set_xlabel("epoch")
-  ax.set_title(f"fraction of the search space's {what} ever selected")
-  ax.grid(alpha=0.3)
-axes[0].set_ylabel("explored = 1 - u_e")
-axes[0].legend(fontsize=8, loc="lower right")
+  ax.set_xticks(epochs)
+  ax.yaxis.set_major_formatter(PercentFormatter(1.0))
+ax0.set_ylabel("test accuracy")
+ax0.set_title(f"{runs[STRATEGIES[0]].info['train_images']} training images")
+ax1.set_ylabel("units used / budget")
+ax1.set_title(f"budget {budget:,} units")
+ax0.legend(fontsize=8)
 fig.tight_layout()
 plt.show()
-for name in ("uniform, fixed counts", "MeDyate weighted"):
-  last = np.mean([r[name][-1, 0] for r in runs])
-  print(f"{name:<22} channels explored after {EPOCHS} epochs: {last:.1%} "
-        f"(bound {bound[-1]:.1%})")
