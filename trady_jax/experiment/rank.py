@@ -41,7 +41,8 @@ def rank_layers(cfg: Config, *, passes: int = 1, steps: int = 0,
   total = steps if steps > 0 else max(passes, 1) * (len(train_src) // cfg.batch_size)
   c = costs_lib.trace(model, (1, cfg.image_size, cfg.image_size, 3))
   paths = [l.path for l in c.convs]
-  schedule = optax.warmup_cosine_decay_schedule(0.0, cfg.lr, max(total // 10, 1), total, 0.0)
+  warmup = max(total // 10, 1)
+  schedule = optax.warmup_cosine_decay_schedule(0.0, cfg.lr, warmup, max(total, warmup + 1), 0.0)
   tx = optax.sgd(schedule)
   step = jax.jit(steps_lib.make_train_step(model, tx, costs=c, norm_paths=paths),
                  donate_argnums=(0, 1))
