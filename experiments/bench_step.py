@@ -42,7 +42,7 @@ import optax
 
 from trady_jax import experiment
 from trady_jax import costs as costs_lib
-from trady_jax import batchnorm, depthwise, ops, parallel, prefix, ranking, samplers, sparse_update, steps
+from trady_jax import batchnorm, depthwise, ops, parallel, prefix, samplers, sparse_update, steps
 from trady_jax import paper, xla
 from trady_jax.models import torch_peer
 from trady_jax import selection as sel
@@ -99,7 +99,7 @@ def main(argv=None):
   doc = experiment.load_ranking(args.arch, args.ranking, costs)
   if doc is None:
     raise SystemExit(f"no layer ranking for {args.arch}: run experiments/rank_layers.py first")
-  pool = ranking.top_k_share(doc["layer_rgn"], args.share)
+  pool = doc.top_k_share(args.share)
   # Fixed counts: exact-length index arrays whose memory is the budget's (no padded slots).
   sampler = samplers.uniform(params, costs, args.budget, pool, allocation="fixed")
   draw = jax.jit(sampler.sample)

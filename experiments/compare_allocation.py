@@ -70,8 +70,8 @@ def main(argv=None):
   strategy = strategies.get(args.strategy)
   if strategy.is_full or strategy.is_scheme:
     raise SystemExit(f"{strategy.name} has no sampler")
-  norms = {p: np.asarray(v, np.float32) for p, v in doc["channel"].items()}
-  selectors = {a: selector_lib.Selector(strategy, params, net, args.budget, ranking_doc=doc,
+  norms = {p: np.asarray(v, np.float32) for p, v in doc.channel.items()}
+  selectors = {a: selector_lib.Selector(strategy, params, net, args.budget, layer_ranking=doc,
                                       allocation=a, oracle=lambda p: norms)
                for a in samplers.ALLOCATIONS}
   state = {}

@@ -91,10 +91,10 @@ except config.ConfigError as err:  # the shipped ranking does not fit these weig
   print(f"{err}\n-> ranking this network on the {TRAIN_IMAGES or 'all'} training images")
   cfg = config.override(cfg, ranking=str(experiment.rank_layers(cfg, out=f"{workdir}.json")))
   run = experiment.build_run(cfg, workdir)
-print("pretrained weights:", run.info["weights_file"] or "NONE (random init: accuracies below "
+print("pretrained weights:", run.provenance["weights_file"] or "NONE (random init: accuracies below "
       "say nothing about fine-tuning)")
-print(f"data: {run.info['train_images']} training and {run.info['test_images']} test images "
-      f"({run.info['data']})")
+print(f"data: {run.provenance['train_images']} training and {run.provenance['test_images']} test images "
+      f"({run.provenance['data']})")
 
 # %% [markdown]
 # ## Memory cost of every layer
@@ -210,7 +210,7 @@ ax1.set_xlabel("epoch")
 ax1.set_xticks(epochs)
 ax1.set_ylabel("test accuracy")
 ax1.yaxis.set_major_formatter(PercentFormatter(1.0))
-ax1.set_title(f"{run.info['train_images']} training images")
+ax1.set_title(f"{run.provenance['train_images']} training images")
 ax1.legend()
 fig.tight_layout()
 plt.show()

@@ -205,7 +205,7 @@ for ax in (ax0, ax1):
   ax.set_xticks(epochs)
   ax.yaxis.set_major_formatter(PercentFormatter(1.0))
 ax0.set_ylabel("test accuracy")
-ax0.set_title(f"{runs[STRATEGIES[0]].info['train_images']} training images")
+ax0.set_title(f"{runs[STRATEGIES[0]].provenance['train_images']} training images")
 ax1.set_ylabel("units used / budget")
 ax1.set_title(f"budget {budget:,} units")
 ax0.legend(fontsize=8)

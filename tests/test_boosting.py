@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from trady_jax import selector as selector_lib
-from trady_jax import costs, strategies
+from trady_jax import costs, rankings, strategies
 from trady_jax import selection as sel
 from trady_jax.models.tiny import TinyCNN
 
@@ -27,10 +27,10 @@ def _net():
 
 def _selector(name):
   params, c = _net()
-  doc = {"layer_rgn": {l.path: 1.0 if l.path in POOL else 1e-9 for l in c.convs},
-         "lara": {l.path: POOL.get(l.path, 1e-3) for l in c.convs}}
+  doc = rankings.Ranking(layer_rgn={l.path: 1.0 if l.path in POOL else 1e-9 for l in c.convs},
+                         lara={l.path: POOL.get(l.path, 1e-3) for l in c.convs})
   # alpha: MeDyate's K (B / M_K <= alpha) is reached with the fourth layer by LaRa.
-  s = selector_lib.Selector(strategies.get(name), params, c, BUDGET, ranking_doc=doc, alpha=0.017)
+  s = selector_lib.Selector(strategies.get(name), params, c, BUDGET, layer_ranking=doc, alpha=0.017)
   return s, params
 
 
@@ -96,7 +96,7 @@ def test_boosted_medyate_starts_from_lara_then_stored_norms():
 def test_boosting_refuses_fixed_counts():
   """A layer's channels share one weight: with fixed per-layer counts boosting changes nothing."""
   params, c = _net()
-  doc = {"layer_rgn": {l.path: 1.0 for l in c.convs}, "lara": {l.path: 1.0 for l in c.convs}}
+  doc = rankings.Ranking({l.path: 1.0 for l in c.convs}, {l.path: 1.0 for l in c.convs})
   with pytest.raises(ValueError, match="fixed"):
-    selector_lib.Selector(strategies.get("boosted-trady"), params, c, BUDGET, ranking_doc=doc,
+    selector_lib.Selector(strategies.get("boosted-trady"), params, c, BUDGET, layer_ranking=doc,
                         allocation="fixed")

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from trady_jax import costs as costs_lib
-from trady_jax import ranking
+from trady_jax import ranking, rankings
 
 from tiny_training import tiny_batch, tiny_loss
 
@@ -41,11 +41,11 @@ def test_ranking_norms_rules_and_files(tiny, tmp_path):
   ka = ranking.top_k_alpha(la, c, budget, 0.2)
   assert sum(c[p].layer_memory for p in ka) >= budget / 0.2
   assert sum(c[p].layer_memory for p in ka[:-1]) < budget / 0.2
-  ranking.save(tmp_path / "r.json", state, c, arch="tiny")
-  assert ranking.load(tmp_path / "r.json", c)["layer_rgn"] == pytest.approx(lr)
+  rankings.save(tmp_path / "r.json", state, c, arch="tiny")
+  assert rankings.load(tmp_path / "r.json", c).layer_rgn == pytest.approx(lr)
   (tmp_path / "bad.json").write_text("{")
   with pytest.raises(ValueError, match="not a trady_jax ranking"):
-    ranking.load(tmp_path / "bad.json")
+    rankings.load(tmp_path / "bad.json")
 
 
 def test_ranking_of_a_larger_network_and_its_key(tiny, tmp_path):
@@ -53,18 +53,18 @@ def test_ranking_of_a_larger_network_and_its_key(tiny, tmp_path):
   says which weights and BN mode it came from."""
   model, params, c = tiny
   state = ranking.init(c)
-  key = ranking.network_key("/w/mbv2-w0.35.npz", "train")
-  ranking.save(tmp_path / "r.json", state, c, arch="tiny", **key)
+  key = rankings.network_key("/w/mbv2-w0.35.npz", "train")
+  rankings.save(tmp_path / "r.json", state, c, arch="tiny", **key)
   smaller = costs_lib.NetworkCosts(tuple(l for l in c.layers
                                          if "blocks_1_pointwise2" not in l.path))
-  doc = ranking.load(tmp_path / "r.json", smaller)
-  assert doc["dropped"] == ["blocks_1_pointwise2/kernel"]
-  assert set(doc["layer_rgn"]) == {l.path for l in smaller.convs}
-  assert ranking.stale(doc, key) == []
-  assert ranking.stale(doc, ranking.network_key("/w/mbv2-w0.35.npz", "folded")) == ["bn"]
+  doc = rankings.load(tmp_path / "r.json", smaller)
+  assert doc.dropped == ("blocks_1_pointwise2/kernel",)
+  assert set(doc.layer_rgn) == {l.path for l in smaller.convs}
+  assert rankings.stale(doc, key) == []
+  assert rankings.stale(doc, rankings.network_key("/w/mbv2-w0.35.npz", "folded")) == ["bn"]
   extra = dataclasses.replace(c.convs[0], path="extra/kernel")
   with pytest.raises(ValueError, match="do not match"):
-    ranking.load(tmp_path / "r.json", costs_lib.NetworkCosts(c.layers + (extra,)))
+    rankings.load(tmp_path / "r.json", costs_lib.NetworkCosts(c.layers + (extra,)))
 
 
 def test_a_ranking_of_another_network_is_refused(tiny, tmp_path):
@@ -76,16 +76,16 @@ def test_a_ranking_of_another_network_is_refused(tiny, tmp_path):
   other.parent.mkdir()
   w.write_bytes(b"weights")
   other.write_bytes(b"other weights")
-  key = ranking.network_key(str(w), "train")
+  key = rankings.network_key(str(w), "train")
   assert key["weights"] == "w.npz" and len(key["weights_sha256"]) == 16
-  ranking.save(tmp_path / "r.json", ranking.init(c), c, **key)
-  doc = ranking.load(tmp_path / "r.json", c)
-  assert ranking.check_network(doc, key) == []
-  with pytest.raises(ranking.RankingMismatch, match="weights_sha256"):
-    ranking.check_network(doc, ranking.network_key(str(other), "train"))
-  with pytest.raises(ranking.RankingMismatch, match="random_init_layers"):
-    ranking.check_network(doc, ranking.network_key(str(w), "train", ["head/kernel"]))
-  assert "--bn train" in ranking.check_network(doc, ranking.network_key(str(w), "folded"))[0]
-  assert "randomly initialised" in ranking.check_network(doc, ranking.network_key("", "train"))[0]
-  with pytest.raises(ranking.RankingMismatch):  # a ranking written before keys were recorded
-    ranking.check_network({"meta": {}}, key)
+  rankings.save(tmp_path / "r.json", ranking.init(c), c, **key)
+  doc = rankings.load(tmp_path / "r.json", c)
+  assert rankings.check_network(doc, key) == []
+  with pytest.raises(rankings.RankingMismatch, match="weights_sha256"):
+    rankings.check_network(doc, rankings.network_key(str(other), "train"))
+  with pytest.raises(rankings.RankingMismatch, match="random_init_layers"):
+    rankings.check_network(doc, rankings.network_key(str(w), "train", ["head/kernel"]))
+  assert "--bn train" in rankings.check_network(doc, rankings.network_key(str(w), "folded"))[0]
+  assert "randomly initialised" in rankings.check_network(doc, rankings.network_key("", "train"))[0]
+  with pytest.raises(rankings.RankingMismatch):  # a ranking written before keys were recorded
+    rankings.check_network(rankings.Ranking({}, {}), key)

@@ -9,7 +9,7 @@ import numpy as np
 import optax
 import pytest
 
-from trady_jax import checkpoint, config, costs, train
+from trady_jax import checkpoint, config, costs, rankings, train
 from trady_jax import selection as sel
 from trady_jax.models.tiny import TinyCNN
 
@@ -46,10 +46,11 @@ def _run(tmp, strategy, bn="folded", run_kw=None, **kw):
   variables = model.init(jax.random.key(cfg.seed), jnp.zeros((1, SIZE, SIZE, 3)))
   params = variables["params"]
   c = costs.trace(model, (1, SIZE, SIZE, 3))
-  doc = {"layer_rgn": {l.path: float(i + 1) for i, l in enumerate(c.convs)},
-         "lara": {l.path: float(i + 1) / l.layer_memory for i, l in enumerate(c.convs)}}
+  doc = rankings.Ranking(
+      layer_rgn={l.path: float(i + 1) for i, l in enumerate(c.convs)},
+      lara={l.path: float(i + 1) / l.layer_memory for i, l in enumerate(c.convs)})
   return train.Run(cfg, tmp, model=model, params=params, train_source=_Pair(_data(96, 0)),
-                   test_source=_Pair(_data(48, 1)), batches=_batches, ranking_doc=doc,
+                   test_source=_Pair(_data(48, 1)), batches=_batches, layer_ranking=doc,
                    scheme_counts={"blocks_1_depthwise/kernel": 4, "blocks_1_pointwise2/kernel": 6},
                    batch_stats=variables.get("batch_stats"), **(run_kw or {}))
 

@@ -1,5 +1,5 @@
 """A strategy bound to one run (``Selector``): the selection of every epoch, drawn from explicit
-PRNG keys and state (MeDyate's stored norms, Velocity's NEq measurements), so runs resume exactly."""
+PRNG keys and state (MeDyate's stored norms, Velocity's NEq measurements): runs resume exactly."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Any, Callable, Mapping, Sequence
 import jax
 import jax.numpy as jnp
 
-from trady_jax import medyate, paper, ranking, samplers, velocity, xla
+from trady_jax import medyate, paper, ranking, rankings, samplers, velocity, xla
 from trady_jax import selection as sel
 from trady_jax.costs import NetworkCosts
 from trady_jax.strategies import Rule, Strategy, candidate_layers
@@ -30,8 +30,9 @@ class Selector:
   """
 
   def __init__(self, strategy: Strategy, template: PyTree, costs: NetworkCosts, budget: int, *,
-               ranking_doc: Mapping | None = None, scheme_counts: Mapping[str, int] | None = None,
-               share: float = paper.TOPK_SHARE, alpha: float = paper.ALPHA_OPT, allocation: str = "padded",
+               layer_ranking: rankings.Ranking | None = None,
+               scheme_counts: Mapping[str, int] | None = None, share: float = paper.TOPK_SHARE,
+               alpha: float = paper.ALPHA_OPT, allocation: str = "padded",
                oracle: Callable[[PyTree], Mapping[str, jax.Array]] | None = None,
                scheme_biases: Sequence[str] = (), neq: velocity.NEq | None = None):
     self.strategy, self.costs, self.oracle, self.neq = strategy, costs, oracle, neq
@@ -43,7 +44,7 @@ class Selector:
       if not scheme_counts:
         raise ValueError("strategy 'su' needs the scheme's per-layer channel counts")
       return
-    paths = candidate_layers(strategy, costs, budget, ranking_doc, share=share, alpha=alpha)
+    paths = candidate_layers(strategy, costs, budget, layer_ranking, share=share, alpha=alpha)
     make = {Rule.UNIFORM: samplers.weighted if strategy.boost else samplers.uniform,
             Rule.MEDYATE: samplers.weighted,
             Rule.PROB_RAW: samplers.weighted}.get(strategy.rule, samplers.deterministic)
@@ -56,7 +57,7 @@ class Selector:
     sampler = make(template, pool, budget, paths, allocation=allocation)
     # Boosting: a channel's weight is its layer's LaRa (Eq. 9), for every channel of the layer.
     self.lara = None if not strategy.boost else jnp.maximum(samplers.pool_vector(sampler, {
-        l.path: jnp.full((l.in_channels,), ranking_doc["lara"][l.path]) for l in sampler.layers}),
+        l.path: jnp.full((l.in_channels,), layer_ranking.lara[l.path]) for l in sampler.layers}),
         jnp.finfo(jnp.float32).tiny)
     if strategy.needs_oracle and oracle is None:
       raise ValueError(f"strategy {strategy.name!r} needs an oracle (full-gradient norms)")

@@ -65,11 +65,11 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-from typing import Any, Mapping
+from typing import Any
 
 import jax
 
-from trady_jax import paper, ranking, velocity
+from trady_jax import paper, rankings, velocity
 from trady_jax import selection as sel
 from trady_jax.costs import NetworkCosts
 
@@ -174,18 +174,18 @@ def get(name: str) -> Strategy:
 
 
 def candidate_layers(strategy: Strategy, costs: NetworkCosts, budget: int,
-                     ranking_doc: Mapping | None, *, share: float = paper.TOPK_SHARE,
+                     layer_ranking: rankings.Ranking | None, *, share: float = paper.TOPK_SHARE,
                      alpha: float = paper.ALPHA_OPT) -> list[str]:
   """Kernel paths a strategy samples from: all convs, or the top-K of an offline ranking."""
   if strategy.pool is Pool.ALL_CONVS:
     return [l.path for l in costs.convs]
   if strategy.needs_ranking:
-    if ranking_doc is None:
+    if layer_ranking is None:
       raise ValueError(f"strategy {strategy.name!r} needs a layer ranking "
                        "(experiments/rank_layers.py)")
     if strategy.pool is Pool.RGN_TOP_K:
-      return ranking.top_k_share(ranking_doc["layer_rgn"], share)
-    return ranking.top_k_alpha(ranking_doc["lara"], costs, budget, alpha)
+      return layer_ranking.top_k_share(share)
+    return layer_ranking.top_k_alpha(costs, budget, alpha)
   raise ValueError(f"strategy {strategy.name!r} has no candidate pool")
 
 

@@ -19,7 +19,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from trady_jax import (atomic, batchnorm, checkpoint, divergence, optim, parallel, ranking,
-                       step_metrics, steps, strategies, velocity, workdir, xla)
+                       rankings, step_metrics, steps, strategies, velocity, workdir, xla)
 from trady_jax import oracle as oracle_lib
 from trady_jax import selection as sel
 from trady_jax import selector as selector_lib
@@ -38,7 +38,7 @@ class Run:
   """One fine-tuning run: model, data, strategy and their bookkeeping."""
 
   def __init__(self, cfg: Config, workdir: str | Path, *, model, params: PyTree, train_source,
-               test_source, batches: Callable, ranking_doc: Mapping | None = None,
+               test_source, batches: Callable, layer_ranking: rankings.Ranking | None = None,
                scheme_counts: Mapping[str, int] | None = None,
                batch_stats: PyTree | None = None, scheme_biases: Sequence[str] = (),
                optimizer: optim.Optimizer = optim.sgd, loss_fn: Callable = steps.cross_entropy,
@@ -72,7 +72,7 @@ class Run:
       oracle = oracle_lib.full_gradient_norms(model, self.costs, lambda: self._oracle_batches(),
                        lambda: self.batch_stats)
     self.selector = selector_lib.Selector(
-        self.strategy, params, self.costs, cfg.budget, ranking_doc=ranking_doc,
+        self.strategy, params, self.costs, cfg.budget, layer_ranking=layer_ranking,
         scheme_counts=scheme_counts, share=cfg.topk_share, alpha=cfg.alpha,
         allocation=cfg.allocation, oracle=oracle, scheme_biases=scheme_biases,
         neq=None if neq_source is None else velocity.from_source(
@@ -103,11 +103,6 @@ class Run:
     self.step_memory = {}  # Config.measure_memory: the compiled step's XLA figures
     self._epoch = 0
     self._events = None  # step_metrics.EventWriter while a run trains
-
-  @property
-  def info(self) -> dict:
-    """The run's ``provenance`` (older name)."""
-    return self.provenance
 
   def _place(self, tree):
     """Replicate params / state / selection over the mesh (no-op on one device)."""

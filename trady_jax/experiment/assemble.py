@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from trady_jax import costs as costs_lib
-from trady_jax import ranking, rankings, strategies, train, workdir as workdir_lib
+from trady_jax import rankings, strategies, train, workdir as workdir_lib
 from trady_jax.config import Config, ConfigError
 from trady_jax.experiment.checks import check_scheme_budget
 from trady_jax.experiment.inputs import calibration_batches, open_data
@@ -41,10 +41,10 @@ def build_run(cfg: Config, workdir: str | Path) -> train.Run:
   notes = []
   if doc is not None:
     try:
-      notes = ranking.check_network(
-          doc, ranking.network_key(net.weights, cfg.bn, net.random_init_layers),
+      notes = rankings.check_network(
+          doc, rankings.network_key(net.weights, cfg.bn, net.random_init_layers),
           source=f"the layer ranking {cfg.ranking or rankings.default_path(cfg.arch).name}")
-    except ranking.RankingMismatch as e:
+    except rankings.RankingMismatch as e:
       raise ConfigError(f"{e} --arch {cfg.arch} --bn {cfg.bn} --out FILE` and pass "
                         "--ranking FILE") from None
   for note in notes:
@@ -72,7 +72,7 @@ def build_run(cfg: Config, workdir: str | Path) -> train.Run:
                 "bn": cfg.bn, "weights_file": net.weights,
                 "random_init_layers": list(net.random_init_layers), "ranking_notes": notes}
   run = train.Run(cfg, workdir, model=model, params=params, train_source=train_src,
-                  test_source=test_src, batches=batches, ranking_doc=doc, scheme_counts=counts,
+                  test_source=test_src, batches=batches, layer_ranking=doc, scheme_counts=counts,
                   batch_stats=net.batch_stats, scheme_biases=biases, provenance=provenance)
   run.provenance["train_images"] = len(run.train_source)
   return run

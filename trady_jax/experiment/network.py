@@ -7,7 +7,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 
-from trady_jax import models, ranking, rankings
+from trady_jax import models, rankings
 from trady_jax.config import ConfigError
 from trady_jax.models.tiny import TinyCNN
 
@@ -49,6 +49,6 @@ def load_ranking(arch: str, path: str = "", costs=None):
       raise FileNotFoundError(f"ranking file {p} not found")
     return None
   try:
-    return ranking.load(p, costs)
+    return rankings.load(p, costs)
   except (ValueError, KeyError, TypeError) as e:
     raise ConfigError(f"ranking file {p} cannot be used ({type(e).__name__}: {e})") from None

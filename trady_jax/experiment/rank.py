@@ -28,7 +28,7 @@ def rank_layers(cfg: Config, *, passes: int = 1, steps: int = 0,
   warm-up over the first tenth of the steps, then cosine) over ``passes`` epochs of the training
   split, or ``steps`` steps when > 0. Every conv layer's per-channel gradient norms (Eq. 6) are
   accumulated over the steps; the file holds layer RGN (TraDy Eq. 8) and LaRa (MeDyate Eq. 9),
-  keyed to the weights and BN mode (``ranking.network_key``).
+  keyed to the weights and BN mode (``rankings.network_key``).
   """
   from trady_jax import data
   train_src, _, num_classes, where = open_data(cfg)
@@ -67,10 +67,10 @@ def rank_layers(cfg: Config, *, passes: int = 1, steps: int = 0,
       bar.set_postfix(loss=f"{loss:.3f}")
   print(f"last loss {float(m['loss']):.3f} after {total} steps")
   path = Path(out) if out else rankings.default_path(cfg.arch)
-  ranking.save(path, state, c, arch=cfg.arch, steps=total, data=where,
+  rankings.save(path, state, c, arch=cfg.arch, steps=total, data=where,
                train_images=len(train_src), pretrained=pretrained, batch_size=cfg.batch_size,
                lr=cfg.lr, seed=cfg.seed,
-               **ranking.network_key(net.weights, cfg.bn, net.random_init_layers))
+               **rankings.network_key(net.weights, cfg.bn, net.random_init_layers))
   scores = ranking.layer_rgn(state["channel"], c)
   top = ranking.top_k_share(scores, cfg.topk_share)
   print(f"wrote {path}: {len(top)} of {len(paths)} layers hold {cfg.topk_share:.0%} of layer RGN")
