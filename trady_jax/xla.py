@@ -84,14 +84,19 @@ def interleaved_median_times(calls: dict[str, Callable], repeats: int = 5,
 
 def residual_bytes(loss, params) -> dict[str, int]:
   """Bytes of what autodiff saves for ``loss``'s backward pass at ``params``, by kind: float
-  activations, bool masks, other (arguments excluded: already live, not temp memory)."""
+  activations, bool masks, other. The residuals are the leaves of the function ``jax.vjp``
+  returns; those that are the arguments or constants (parameters, the batch) are already live,
+  not temp memory, and are left out."""
+  import jax
   import jax.numpy as jnp
   import numpy as np
-  from jax._src.ad_checkpoint import saved_residuals  # the library behind print_saved_residuals
+  closed = jax.make_jaxpr(lambda p: jax.tree.leaves(jax.vjp(loss, p)[1]))(params)
+  live = set(closed.jaxpr.invars) | set(closed.jaxpr.constvars)
   out = {"float_activations": 0, "bool_masks": 0, "other": 0}
-  for aval, where in saved_residuals(loss, params):
-    if "argument" in where:  # parameters and the batch: already live, not temp memory
+  for v in closed.jaxpr.outvars:
+    if type(v).__name__ == "Literal" or v in live:  # a literal, an argument or a constant
       continue
+    aval = v.aval
     n = int(np.prod(aval.shape)) * aval.dtype.itemsize
     kind = ("bool_masks" if aval.dtype in (jnp.bool_, jnp.uint8) else
             "float_activations" if jnp.issubdtype(aval.dtype, jnp.floating) else "other")
