@@ -122,3 +122,11 @@ class SelectiveDense(nn.Module):
 def global_avg_pool(x: jax.Array) -> jax.Array:
   """Mean over the spatial axes of an NHWC tensor."""
   return jnp.mean(x, axis=(1, 2))
+
+
+def classifier_head(x: jax.Array, num_classes: int, *, pooled: bool = False) -> jax.Array:
+  """Global average pooling, then the classifier (a ``SelectiveDense`` named ``classifier``,
+  always trained); ``pooled=True`` returns the pooled features. Call it inside a module's
+  ``__call__``: the classifier becomes that module's submodule."""
+  x = global_avg_pool(x)
+  return x if pooled else SelectiveDense(num_classes, name="classifier")(x)

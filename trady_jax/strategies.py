@@ -114,34 +114,19 @@ class Strategy:
     object.__setattr__(self, "pool", Pool(self.pool))
     object.__setattr__(self, "rule", Rule(self.rule))
 
-  @property
-  def is_full(self) -> bool:
-    """Full fine-tuning: no selection, no budget."""
-    return self.rule is Rule.FULL
-
-  @property
-  def is_scheme(self) -> bool:
-    """A fixed MIT Sparse Update scheme (its channel counts come from ``models.schemes``)."""
-    return self.rule is Rule.SCHEME
-
-  @property
-  def needs_ranking(self) -> bool:
-    return self.pool in (Pool.RGN_TOP_K, Pool.LARA_ALPHA)
-
-  @property
-  def needs_oracle(self) -> bool:
-    """Needs the full gradient at selection time (Det RGN / Det Raw / Prob Raw)."""
-    return self.rule in ORACLE_RULES
-
-  @property
-  def tracks_norms(self) -> bool:
-    """Stores the trained channels' gradient norms after every epoch (MeDyate)."""
-    return self.rule is Rule.MEDYATE
-
-  @property
-  def selects_outputs(self) -> bool:
-    """Selects output neurons from NEq measurements (Velocity)."""
-    return self.rule is Rule.VELOCITY
+  # What the run loop asks of a strategy, read off its pool and rule:
+  is_full = property(lambda s: s.rule is Rule.FULL,
+                     doc="Full fine-tuning: no selection, no budget.")
+  is_scheme = property(lambda s: s.rule is Rule.SCHEME,
+                       doc="A fixed MIT Sparse Update scheme (channel counts: ``models.schemes``).")
+  needs_ranking = property(lambda s: s.pool in (Pool.RGN_TOP_K, Pool.LARA_ALPHA),
+                           doc="Its pool comes from an offline layer ranking.")
+  needs_oracle = property(lambda s: s.rule in ORACLE_RULES,
+                          doc="Needs the full gradient at selection time (Det RGN / Raw, Prob Raw).")
+  tracks_norms = property(lambda s: s.rule is Rule.MEDYATE,
+                          doc="Stores the trained channels' gradient norms every epoch (MeDyate).")
+  selects_outputs = property(lambda s: s.rule is Rule.VELOCITY,
+                             doc="Selects output neurons from NEq measurements (Velocity).")
 
 
 _A, _R, _L = Pool.ALL_CONVS, Pool.RGN_TOP_K, Pool.LARA_ALPHA

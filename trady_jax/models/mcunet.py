@@ -134,10 +134,7 @@ class MCUNet(nn.Module):
       return x
     if s.feature_mix is not None:
       x = _conv(s.feature_mix, "feature_mix", x, self.bn)
-    x = layers.global_avg_pool(x)
-    if pooled:
-      return x
-    return layers.SelectiveDense(self.num_classes, name="classifier")(x)
+    return layers.classifier_head(x, self.num_classes, pooled=pooled)
 
   @nn.nowrap
   def stage_of(self, path: str) -> int:

@@ -79,10 +79,7 @@ class ResNet(nn.Module):
                    name=name)(x)
     if not head:
       return x
-    x = layers.global_avg_pool(x)
-    if pooled:
-      return x
-    return layers.SelectiveDense(self.num_classes, name="classifier")(x)
+    return layers.classifier_head(x, self.num_classes, pooled=pooled)
 
   @nn.nowrap
   def stage_of(self, path: str) -> int:
