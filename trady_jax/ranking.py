@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from trady_jax import paper
 from trady_jax import selection as sel
 from trady_jax.costs import LayerCost, NetworkCosts
 
@@ -83,7 +84,7 @@ def ranked(scores: Mapping[str, float]) -> list[str]:
   return sorted(scores, key=lambda p: -scores[p])
 
 
-def top_k_share(scores: Mapping[str, float], share: float = 0.97) -> list[str]:
+def top_k_share(scores: Mapping[str, float], share: float = paper.TOPK_SHARE) -> list[str]:
   """TraDy's rule: the smallest top-K prefix holding ``share`` of the total score."""
   order = ranked(scores)
   total = sum(scores.values())
@@ -95,7 +96,7 @@ def top_k_share(scores: Mapping[str, float], share: float = 0.97) -> list[str]:
 
 
 def top_k_alpha(scores: Mapping[str, float], costs: NetworkCosts, budget: int,
-                alpha: float = 0.2) -> list[str]:
+                alpha: float = paper.ALPHA_OPT) -> list[str]:
   """MeDyate's rule (Eq. 10): the smallest K with ``alpha_K = B_mem / M_K <= alpha``."""
   order = ranked(scores)
   memory = 0

@@ -38,7 +38,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from trady_jax import atomic, config
+from trady_jax import atomic, config, paper
 from trady_jax.grid import launch, plan
 from trady_jax.report.records import is_finished
 
@@ -83,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
   ap.add_argument("--strategies", default="trady,su,baseline", help="comma list of strategies")
   ap.add_argument("--budgets", default="paper",
                   help="'paper' (each arch's three) or a comma list of units")
-  ap.add_argument("--seeds", default="0,42,100", help="comma list of seeds")
+  ap.add_argument("--seeds", default=",".join(map(str, paper.SEEDS)), help="comma list of seeds")
   ap.add_argument("--results", default="results", help="results folder shared by all runs")
   mode = ap.add_mutually_exclusive_group(required=True)
   mode.add_argument("--emit-commands", action="store_true", help="print one command per run")
