@@ -6,7 +6,7 @@
 For a strategy's candidate layers and channel scores (MeDyate / Prob Raw / Det: the shipped
 ranking's channel norms as the stored norms ``N``; TraDy: uniform), every epoch draws one
 selection per allocation (``samplers.ALLOCATIONS``) from the same key, through
-``strategies.Selector`` as a run does, and reports
+``selector.Selector`` as a run does, and reports
 
 * ``allocation_tv_distance``: mean over epochs of the total-variation distance between the
   per-layer budget shares (``k_l m_l / sum k m``) of the default allocation and the papers' rule

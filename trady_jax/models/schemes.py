@@ -19,7 +19,7 @@ other 13 schemes have no depthwise weight update, so the accounting leaves them 
 15 schemes cannot tell this apart from another rule that removes 336 units from that scheme
 alone, so it is the simplest consistent explanation, not a proof. Runs charge Eq. 3 with the
 true depthwise weight count (``costs``); ``--budget 27946`` then cannot hold scheme 1
-(``experiments/common.check_scheme_budget``).
+(``experiment.check_scheme_budget``).
 
 Biases: a scheme also trains the biases of its last ``n_bias_update`` convs (``bias_paths``,
 trained by strategy 'su' with a folded-BN model; with BatchNorm layers every shift is trained
