@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from trady_jax import costs as costs_lib
-from trady_jax import rankings, strategies, train, workdir as workdir_lib
+from trady_jax import paths, rankings, strategies, train, workdir as workdir_lib
 from trady_jax.config import Config, ConfigError
 from trady_jax.experiment.checks import check_scheme_budget
 from trady_jax.experiment.inputs import calibration_batches, open_data
@@ -20,6 +20,28 @@ def default_workdir(cfg: Config) -> str:
   """``runs/<arch>-<dataset>-<strategy>-b<budget>-s<seed>``."""
   return (f"runs/{cfg.arch}-{cfg.dataset.replace(':', '_').replace('/', '_')}-"
           f"{cfg.strategy}-b{cfg.budget}-s{cfg.seed}")
+
+
+def ranking_of_this_network(cfg: Config, costs, key) -> rankings.Ranking:
+  """The ranking of the network ``cfg`` loads when the shipped one is of other weights (e.g. the
+  fp32 model-zoo checkpoint a run downloads, where the shipped rankings are of the int8 copies).
+
+  The papers rank the network they fine-tune (TraDy App. D.5): this runs ``rank_layers`` once, a
+  pass over the run's own training split at its lr and BN mode, says so, and caches the result in
+  ``<cache>/rankings/`` under the weights' content hash, so later runs reuse it.
+  """
+  from trady_jax.experiment.rank import rank_layers  # the ranking run loads its own data and net
+  path = (paths.cache_dir() / "rankings" /
+          f"{cfg.arch}-{key['weights_sha256'] or 'random'}-{cfg.bn}.json")
+  if not path.exists():
+    print(f"NOTE: the shipped ranking of {cfg.arch} is of other weights than "
+          f"{key['weights'] or 'these'}; ranking this network first (one pass over the training "
+          f"split, then cached in {path})", flush=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rank_layers(cfg, out=path)
+  doc = rankings.load(path, costs)
+  rankings.check_network(doc, key, source=f"the cached ranking {path}")
+  return doc
 
 
 def build_run(cfg: Config, workdir: str | Path) -> train.Run:
@@ -40,13 +62,15 @@ def build_run(cfg: Config, workdir: str | Path) -> train.Run:
                       f"`python experiments/rank_layers.py --arch {cfg.arch}` and pass --ranking")
   notes = []
   if doc is not None:
+    key = rankings.network_key(net.weights, cfg.bn, net.random_init_layers)
     try:
-      notes = rankings.check_network(
-          doc, rankings.network_key(net.weights, cfg.bn, net.random_init_layers),
-          source=f"the layer ranking {cfg.ranking or rankings.default_path(cfg.arch).name}")
+      source = f"the layer ranking {cfg.ranking or rankings.default_path(cfg.arch).name}"
+      notes = rankings.check_network(doc, key, source=source)
     except rankings.RankingMismatch as e:
-      raise ConfigError(f"{e} --arch {cfg.arch} --bn {cfg.bn} --out FILE` and pass "
-                        "--ranking FILE") from None
+      if cfg.ranking:  # the user's own file, of another network: refused
+        raise ConfigError(f"{e} --arch {cfg.arch} --bn {cfg.bn} --out FILE` and pass "
+                          "--ranking FILE") from None
+      doc = ranking_of_this_network(cfg, costs, key)
   for note in notes:
     print(f"NOTE: {note}", flush=True)
   counts, biases = None, ()
