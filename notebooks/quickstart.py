@@ -75,9 +75,9 @@ from trady_jax import config, experiment, paper, selection, strategies
 # It prints where each of them came from.
 #
 # The shipped ranking was computed on that int8 copy. Downloaded weights (the fp32 MCUNet
-# model-zoo checkpoint) are another network, and the library refuses a ranking of another
-# network; the notebook then ranks this one itself with `experiment.rank_layers` (a short full
-# fine-tuning on the training images, recording gradient norms) and uses that ranking.
+# model-zoo checkpoint) are another network: `build_run` then ranks this one first, once
+# (`experiment.rank_layers`: a short full fine-tuning on the training images, recording gradient
+# norms), caches that ranking under the weights' hash and says so.
 
 # %%
 cfg = config.Config(arch=ARCH, dataset="cifar10", offline=not DOWNLOAD, image_size=IMAGE_SIZE,
@@ -85,12 +85,7 @@ cfg = config.Config(arch=ARCH, dataset="cifar10", offline=not DOWNLOAD, image_si
                     epochs=EPOCHS, warmup_epochs=0, strategy="trady",
                     budget=paper.BUDGETS[ARCH][0], measure_memory=True, progress=False).validate()
 workdir = tempfile.mkdtemp(prefix="trady-quickstart-")
-try:
-  run = experiment.build_run(cfg, workdir)
-except config.ConfigError as err:  # the shipped ranking does not fit these weights
-  print(f"{err}\n-> ranking this network on the {TRAIN_IMAGES or 'all'} training images")
-  cfg = config.override(cfg, ranking=str(experiment.rank_layers(cfg, out=f"{workdir}.json")))
-  run = experiment.build_run(cfg, workdir)
+run = experiment.build_run(cfg, workdir)
 print("pretrained weights:", run.provenance["weights_file"] or "NONE (random init: accuracies below "
       "say nothing about fine-tuning)")
 print(f"data: {run.provenance['train_images']} training and {run.provenance['test_images']} test images "

@@ -76,8 +76,8 @@ for name in STRATEGIES:
 # selection a run's selector draws (it observes the run; the run itself is unchanged), and
 # `on_epoch_end` every epoch's record (budget used, losses, test accuracy). TraDy and MeDyate
 # need a layer ranking of the network: the one shipped with the package is of the int8 weights in
-# `../shared`, so with downloaded weights the notebook ranks the network first
-# (`experiment.rank_layers`), as in the quickstart.
+# `../shared`; with downloaded weights `build_run` ranks the network first, once, as in the
+# quickstart.
 
 # %%
 base = config.Config(arch=ARCH, dataset="cifar10", offline=not DOWNLOAD, image_size=IMAGE_SIZE,
@@ -102,12 +102,7 @@ runs, draws, history = {}, {}, {}
 for name in STRATEGIES:
   print(f"--- {name}")
   workdir = tempfile.mkdtemp(prefix=f"trady-{name}-")
-  try:
-    run = experiment.build_run(config.override(base, strategy=name).validate(), workdir)
-  except config.ConfigError as err:  # the shipped ranking does not fit these weights
-    print(f"{err}\n-> ranking this network on the {TRAIN_IMAGES or 'all'} training images")
-    base = config.override(base, ranking=str(experiment.rank_layers(base, out=f"{workdir}.json")))
-    run = experiment.build_run(config.override(base, strategy=name), workdir)
+  run = experiment.build_run(config.override(base, strategy=name).validate(), workdir)
   runs[name] = run
   record_draws(run, draws.setdefault(name, []))
   records = history.setdefault(name, [])
