@@ -52,12 +52,12 @@ class Run:
     self.model, self.params0 = model, params
     # BN running statistics (None: BN folded); carried through steps, checkpoints, evaluation.
     self.batch_stats0 = self.batch_stats = batch_stats
+    self.strategy = strategies.get(cfg.strategy)
     neq_source = None
-    if strategies.get(cfg.strategy).selects_outputs:  # NEq's images, out of the training split
+    if self.strategy.selects_outputs:  # NEq's images, out of the training split
       train_source, neq_source = velocity.held_out(train_source, seed=cfg.seed)
     self.train_source, self.test_source, self.batches = train_source, test_source, batches
     self.costs = trace(model, (1, cfg.image_size, cfg.image_size, 3))
-    self.strategy = strategies.get(cfg.strategy)
     root = jax.random.key(cfg.seed)
     self.sampler_key = jax.random.fold_in(root, 1)
     n = len(train_source) // cfg.batch_size
