@@ -77,7 +77,8 @@ class Run:
         allocation=cfg.allocation, oracle=oracle, scheme_biases=scheme_biases,
         neq=None if neq_source is None else velocity.from_source(
             model, self.costs, neq_source, batches, params, batch_stats, seed=cfg.seed))
-    self.provenance = dict(provenance or {})
+    # What it trains on (Velocity holds NEq's images out of the training split: its own count).
+    self.provenance = {**(provenance or {}), "train_images": len(self.train_source)}
     self.tx = (optimizer(schedule) if self.strategy.is_full else
                sparse_update(optimizer(schedule), pool=self.selector.pool))
     track = self.strategy.tracks_norms

@@ -10,8 +10,8 @@ from trady_jax import costs as costs_lib
 from trady_jax import paths, rankings, strategies, train, workdir as workdir_lib
 from trady_jax.config import Config, ConfigError
 from trady_jax.experiment.checks import check_scheme_budget
-from trady_jax.experiment.inputs import calibration_batches, open_data
-from trady_jax.experiment.network import load_network, load_ranking
+from trady_jax.experiment.inputs import open_data
+from trady_jax.experiment.network import load_ranking, network_for
 from trady_jax.models import schemes
 from trady_jax.report import records
 
@@ -48,11 +48,7 @@ def build_run(cfg: Config, workdir: str | Path) -> train.Run:
   """A ``trady_jax.train.Run`` for a config: data, network, ranking and SU scheme resolved."""
   from trady_jax import data  # imports tensorflow-datasets: only when a run is built
   train_src, test_src, num_classes, where = open_data(cfg)
-  net, pretrained = load_network(cfg.arch, num_classes, bn=cfg.bn,
-                                 calibration=calibration_batches(cfg, train_src),
-                                 pretrained=cfg.pretrained, weights_dir=cfg.weights_dir,
-                                 seed=cfg.seed, image_size=cfg.image_size,
-                                 download=not cfg.offline)
+  net, pretrained = network_for(cfg, train_src, num_classes)
   model, params = net.module, net.params
   costs = costs_lib.trace(model, (1, cfg.image_size, cfg.image_size, 3))
   strategy = strategies.get(cfg.strategy)
@@ -91,14 +87,12 @@ def build_run(cfg: Config, workdir: str | Path) -> train.Run:
                         num_workers=cfg.num_workers, image_size=cfg.image_size,
                         pad_remainder=not train)
 
-  # Velocity holds NEq's images out of the training split: the run reports its own count.
   provenance = {"pretrained": pretrained, "data": where, "test_images": len(test_src),
                 "bn": cfg.bn, "weights_file": net.weights,
                 "random_init_layers": list(net.random_init_layers), "ranking_notes": notes}
   run = train.Run(cfg, workdir, model=model, params=params, train_source=train_src,
                   test_source=test_src, batches=batches, layer_ranking=doc, scheme_counts=counts,
                   batch_stats=net.batch_stats, scheme_biases=biases, provenance=provenance)
-  run.provenance["train_images"] = len(run.train_source)
   return run
 
 

@@ -8,7 +8,8 @@ import jax
 import jax.numpy as jnp
 
 from trady_jax import models, rankings
-from trady_jax.config import ConfigError
+from trady_jax.config import Config, ConfigError
+from trady_jax.experiment.inputs import calibration_batches
 from trady_jax.models.tiny import TinyCNN
 
 
@@ -39,6 +40,15 @@ def load_network(arch: str, num_classes: int, *, bn: str = "folded", calibration
     except (FileNotFoundError, OSError) as e:
       print(f"WARNING: {e}\nWARNING: continuing with randomly initialised weights", flush=True)
   return models.load_network(arch, num_classes, bn=bn, pretrained=False, seed=seed), False
+
+
+def network_for(cfg: Config, train_source, num_classes: int):
+  """``load_network`` for a config: its arch, BN mode, weights and seed, BN restored on the first
+  images of ``train_source``, downloading unless ``cfg.offline``."""
+  return load_network(cfg.arch, num_classes, bn=cfg.bn,
+                      calibration=calibration_batches(cfg, train_source),
+                      pretrained=cfg.pretrained, weights_dir=cfg.weights_dir, seed=cfg.seed,
+                      image_size=cfg.image_size, download=not cfg.offline)
 
 
 def load_ranking(arch: str, path: str = "", costs=None):

@@ -15,8 +15,8 @@ from trady_jax import costs as costs_lib
 from trady_jax import ranking, rankings
 from trady_jax import steps as steps_lib
 from trady_jax.config import Config, ConfigError
-from trady_jax.experiment.inputs import calibration_batches, open_data
-from trady_jax.experiment.network import load_network
+from trady_jax.experiment.inputs import open_data
+from trady_jax.experiment.network import network_for
 
 
 def rank_layers(cfg: Config, *, passes: int = 1, steps: int = 0,
@@ -32,10 +32,7 @@ def rank_layers(cfg: Config, *, passes: int = 1, steps: int = 0,
   """
   from trady_jax import data
   train_src, _, num_classes, where = open_data(cfg)
-  net, pretrained = load_network(
-      cfg.arch, num_classes, bn=cfg.bn, calibration=calibration_batches(cfg, train_src),
-      pretrained=cfg.pretrained, weights_dir=cfg.weights_dir, seed=cfg.seed,
-      image_size=cfg.image_size, download=not cfg.offline)
+  net, pretrained = network_for(cfg, train_src, num_classes)
   model, params = net.module, net.params
   bn_state = () if net.batch_stats is None else (net.batch_stats,)
   total = steps if steps > 0 else max(passes, 1) * (len(train_src) // cfg.batch_size)
