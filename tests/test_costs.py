@@ -39,7 +39,27 @@ class _UserNet(nn.Module):
     x = nn.LayerNorm(name="norm")(layers.SelectiveConv(4, name="conv")(x))
     if self.plain is not None:
       x = self.plain(x)
-    return layers.SelectiveDense(3, name="head")(jnp.mean(x, (1, 2)))
+    return layers.SelectiveDense(3, name="head", charged=False)(jnp.mean(x, (1, 2)))
+
+
+class _Tokens(nn.Module):
+  """A charged dense layer on (batch, tokens, features), then an uncharged classifier."""
+
+  @nn.compact
+  def __call__(self, x):
+    x = layers.SelectiveDense(6, name="proj")(x)
+    return layers.SelectiveDense(2, name="classifier", charged=False)(x.mean(1))
+
+
+def test_dense_layers_are_charged_per_input_feature_and_token():
+  c = costs_lib.trace(_Tokens(), (1, 7, 5))
+  proj, head = c["proj/kernel"], c["classifier/kernel"]
+  # input feature c: F_out weights plus one activation per token; dW MACs F_out * T
+  assert (proj.weight, proj.activation, proj.macs, proj.index) == (6, 7, 42, 0)
+  assert proj.charged and not head.charged and c.charged == (proj,)
+  assert c.totals() == {"weights": 30, "activations": 35, "total": 65, "macs": 210}
+  assert c.head_weights() == 6 * 2
+  assert proj.channels([1, 3]).axis == -2
 
 
 def test_trace_refuses_layers_it_cannot_charge():

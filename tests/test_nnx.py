@@ -22,7 +22,7 @@ class NnxCNN(nnx.Module):
                       nnx_layers.SelectiveConv(8, 16, (1, 1), rngs=rngs))
     self.depthwise = nnx_layers.SelectiveConv(16, 16, (3, 3), feature_group_count=16, rngs=rngs)
     self.norm = nnx.LayerNorm(16, rngs=rngs)
-    self.classifier = nnx_layers.SelectiveDense(16, 5, rngs=rngs)
+    self.classifier = nnx_layers.SelectiveDense(16, 5, charged=False, rngs=rngs)
 
   def __call__(self, x):
     x = ops.relu6(self.stem(x))
@@ -39,7 +39,7 @@ class LinenCNN(nn.Module):
     x = ops.relu6(layers.SelectiveConv(16, (1, 1), name="pointwise")(x))
     x = ops.relu6(layers.SelectiveConv(16, (3, 3), feature_group_count=16, name="depthwise")(x))
     x = nn.LayerNorm(name="norm")(x)
-    return layers.SelectiveDense(5, name="classifier")(layers.global_avg_pool(x))
+    return layers.SelectiveDense(5, name="classifier", charged=False)(layers.global_avg_pool(x))
 
 
 SHAPE = (4, 16, 16, 3)

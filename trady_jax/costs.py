@@ -8,9 +8,16 @@ output ``H' x W'``, per sample:
 * space            ``(Theta_space)_c = C^W_c + C^A_c``                         (Eq. 3);
 * time             ``(Theta_time)_c = kh * kw * (C_out / g) * H' * W'``        (Eq. 4, dW MACs).
 
+For input feature ``c`` of a dense (linear) layer with kernel ``(F_in, F_out)`` applied to ``T``
+tokens per sample (a transformer's sequence or patches; 1 for a pooled vector), the natural
+reading of Eq. 3-4 for linear layers (method-spec 1.2, not stated by the papers):
+
+* ``C^W_c = F_out``,  ``C^A_c = T``,  ``(Theta_time)_c = F_out * T``.
+
 A budget ``B_mem`` is a count of tensor elements (units): the sum of ``Theta_space`` over the
-selected channels of conv layers. Biases, BatchNorm / LayerNorm scale and shift and dense layers
-(the classifier) are not charged, as in the papers. Shapes come from ``jax.eval_shape`` of the
+selected channels of charged layers: every conv, and every ``SelectiveDense`` but a classifier
+head (``charged=False``). Biases, BatchNorm / LayerNorm scale and shift and the classifier are
+not charged, as in the papers. Shapes come from ``jax.eval_shape`` of the
 model (Linen or NNX), never from hand-written tables; a parametrised layer that is neither
 selective nor a normalisation layer is refused (``check_accounted``).
 """
@@ -36,13 +43,13 @@ class LayerCost:
 
   Attributes:
     path: the kernel's leaf path in the params, e.g. ``'blocks_3/depthwise/kernel'``.
-    index: position among charged (conv) layers in forward order, ``-1`` for dense layers.
+    index: position among charged layers in forward order, ``-1`` for an uncharged one.
     kind: ``'conv' | 'pointwise' | 'depthwise' | 'grouped' | 'dense'``.
     in_channels, out_channels, groups: channel shape of the layer.
     kernel_size, stride: spatial hyper-parameters (``(1, 1)`` for dense).
     in_hw, out_hw: spatial input / output size (dense: tokens per sample, 1).
     weight, activation, macs: ``C^W_c``, ``C^A_c`` and ``(Theta_time)_c`` of one input channel.
-    charged: counts towards ``B_mem`` (conv layers) or not (dense / classifier).
+    charged: counts towards ``B_mem`` (convs, dense layers) or not (a classifier head).
     has_bn: a BatchNorm layer follows it (``SelectiveConv.bn`` not ``'folded'``); never charged.
   """
   path: str
@@ -84,8 +91,18 @@ class NetworkCosts:
   layers: tuple[LayerCost, ...]
 
   @property
-  def convs(self) -> tuple[LayerCost, ...]:
+  def charged(self) -> tuple[LayerCost, ...]:
+    """The layers ``B_mem`` charges, in forward order (the pool every strategy draws from)."""
     return tuple(l for l in self.layers if l.charged)
+
+  @property
+  def convs(self) -> tuple[LayerCost, ...]:
+    """``charged``, by the name it has in a CNN (its convolutions)."""
+    return self.charged
+
+  def head_weights(self) -> int:
+    """Weights of the uncharged layers (the classifier head), which full fine-tuning also trains."""
+    return sum(l.weight * l.in_channels for l in self.layers if not l.charged)
 
   def __getitem__(self, path: str) -> LayerCost:
     for l in self.layers:
@@ -94,7 +111,7 @@ class NetworkCosts:
     raise KeyError(f"unknown layer {path!r}; known: {[l.path for l in self.layers]}")
 
   def totals(self) -> dict[str, int]:
-    """Whole-network ``weights``, ``activations``, ``total`` units and dW ``macs`` (convs only)."""
+    """Whole-network ``weights``, ``activations``, ``total`` units and dW ``macs`` (charged layers)."""
     w = sum(l.weight * l.in_channels for l in self.convs)
     a = sum(l.activation * l.in_channels for l in self.convs)
     m = sum(l.macs * l.in_channels for l in self.convs)
@@ -143,7 +160,7 @@ class NetworkCosts:
           f"{'%dx%d' % l.in_hw:>9} {l.weight:>6} {l.activation:>6} "
           f"{l.layer_memory if l.charged else 0:>10} {l.macs:>11}")
     t = self.totals()
-    rows.append(f"conv layers: {len(self.convs)}  weights: {t['weights']:,}  "
+    rows.append(f"charged layers: {len(self.convs)}  weights: {t['weights']:,}  "
                 f"activations: {t['activations']:,}  total: {t['total']:,} units  "
                 f"dW MACs: {t['macs']:,}")
     return "\n".join(rows)
@@ -216,8 +233,10 @@ def _linen_calls(model: nn.Module, x: jax.ShapeDtypeStruct,
   return calls, owners
 
 
-def trace(model, input_shape: Sequence[int] = (1, 128, 128, 3), **apply_kwargs) -> NetworkCosts:
-  """Costs of every ``SelectiveConv`` / ``SelectiveDense`` in ``model`` for inputs of ``input_shape``.
+def trace(model, input_shape: Sequence[int] = (1, 128, 128, 3), *, input_dtype: Any = jnp.float32,
+          **apply_kwargs) -> NetworkCosts:
+  """Costs of every ``SelectiveConv`` / ``SelectiveDense`` in ``model`` for inputs of ``input_shape``
+  (``input_dtype``: ``jnp.int32`` for a text model's token ids).
 
   ``model``: a Linen module, or a Flax NNX module built from ``trady_jax.nnx_layers``. Only shapes
   are traced (``jax.eval_shape``): nothing is computed. Every other parameter must belong to a
@@ -236,7 +255,7 @@ def trace(model, input_shape: Sequence[int] = (1, 128, 128, 3), **apply_kwargs) 
   Traceback (most recent call last):
   ValueError: stem/bias: a parameter of Conv 'stem', which the memory model cannot charge; ...
   """
-  x = jax.ShapeDtypeStruct(tuple(input_shape), jnp.float32)
+  x = jax.ShapeDtypeStruct(tuple(input_shape), input_dtype)
   if isinstance(model, nnx.Module):
     from trady_jax import nnx_layers  # local: nnx_layers' cost needs only this dispatch
     calls, owners = nnx_layers.trace_calls(model, x, **apply_kwargs)
@@ -250,7 +269,7 @@ def trace(model, input_shape: Sequence[int] = (1, 128, 128, 3), **apply_kwargs) 
 
 
 def _layer_costs(calls: Sequence[LayerCall]) -> list[LayerCost]:
-  """Eq. 3-4 per input channel of each traced layer, convs numbered in forward order."""
+  """Eq. 3-4 per input channel of each traced layer, charged layers numbered in forward order."""
   costs, conv_index = [], 0
   for path, conv, m, xs, ys in calls:
     if conv:
@@ -265,7 +284,9 @@ def _layer_costs(calls: Sequence[LayerCall]) -> list[LayerCost]:
       conv_index += 1
     else:
       tokens = int(np.prod(xs[1:-1])) if len(xs) > 2 else 1
-      cout = m.features
-      costs.append(LayerCost(path, -1, "dense", xs[-1], cout, 1, (1, 1), (1, 1), (tokens, 1),
-                             (tokens, 1), cout, tokens, cout * tokens, False))
+      cout, charged = m.features, bool(m.charged)
+      costs.append(LayerCost(path, conv_index if charged else -1, "dense", xs[-1], cout, 1,
+                             (1, 1), (1, 1), (tokens, 1), (tokens, 1), cout, tokens,
+                             cout * tokens, charged))
+      conv_index += charged
   return costs

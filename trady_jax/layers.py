@@ -99,11 +99,21 @@ class SelectiveConv(nn.Module):
 
 
 class SelectiveDense(nn.Module):
-  """Dense layer ``x @ W + b`` whose trained input features come from the selection."""
+  """Dense layer ``x @ W + b`` (``W``: ``(F_in, F_out)``, over the last axis of ``x``) whose
+  trained input features come from the selection.
+
+  Attributes:
+    features: output features.
+    use_bias: add a bias (never charged).
+    charged: its input features count towards ``B_mem`` (``costs``): ``F_out`` weights plus one
+      stored activation per token each, the linear-layer reading of Eq. 3. ``False`` for a
+      classifier head, which every strategy trains whole and the papers do not charge.
+  """
   features: int
   use_bias: bool = True
   kernel_init: Initializer = nn.initializers.lecun_normal()
   bias_init: Initializer = nn.initializers.zeros_init()
+  charged: bool = True
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -129,4 +139,4 @@ def classifier_head(x: jax.Array, num_classes: int, *, pooled: bool = False) -> 
   always trained); ``pooled=True`` returns the pooled features. Call it inside a module's
   ``__call__``: the classifier becomes that module's submodule."""
   x = global_avg_pool(x)
-  return x if pooled else SelectiveDense(num_classes, name="classifier")(x)
+  return x if pooled else SelectiveDense(num_classes, name="classifier", charged=False)(x)

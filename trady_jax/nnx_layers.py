@@ -92,17 +92,19 @@ class SelectiveConv(_Selective):
 
 
 class SelectiveDense(_Selective):
-  """Dense layer ``x @ W + b`` whose trained input features come from its ``Selection``."""
+  """Dense layer ``x @ W + b`` whose trained input features come from its ``Selection``
+  (``charged``: as ``layers.SelectiveDense``; ``False`` for a classifier head)."""
 
   def __init__(self, in_features: int, out_features: int, use_bias: bool = True, *,
-               kernel_init: Callable = nnx.initializers.lecun_normal(), rngs: nnx.Rngs):
-    self.features = out_features
+               kernel_init: Callable = nnx.initializers.lecun_normal(), charged: bool = True,
+               rngs: nnx.Rngs):
+    self.features, self.charged = out_features, charged
     self.kernel = nnx.Param(kernel_init(rngs.params(), (in_features, out_features)))
     self.bias = nnx.Param(jnp.zeros((out_features,))) if use_bias else None
     self.selection = Selection(None)
 
   def _linen(self) -> layers.SelectiveDense:
-    return layers.SelectiveDense(self.features, self.bias is not None)
+    return layers.SelectiveDense(self.features, self.bias is not None, charged=self.charged)
 
 
 def params(model: nnx.Module) -> dict:

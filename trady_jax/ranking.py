@@ -29,7 +29,7 @@ PyTree = Any
 def channel_norm(kernel_grad: jax.Array, layer: LayerCost) -> jax.Array:
   """Eq. 6 for every input channel of one layer: ``(C_in,)`` L2 norms of the kernel slices."""
   shape = ((*layer.kernel_size, layer.in_channels // layer.groups, layer.out_channels)
-           if layer.charged else (layer.in_channels, layer.out_channels))
+           if layer.kind != "dense" else (layer.in_channels, layer.out_channels))
   chex.assert_shape(kernel_grad, shape, custom_message=f"{layer.path} (its costs)")
   g = kernel_grad.astype(jnp.float32)
   if layer.kind == "depthwise":

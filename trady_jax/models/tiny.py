@@ -32,4 +32,4 @@ class TinyCNN(nn.Module):
                                          bn=bn, name=f"blocks_{i}_depthwise")(y))
       y = layers.SelectiveConv(self.width, (1, 1), bn=bn, name=f"blocks_{i}_pointwise2")(y)
       x = x + y if stride == 1 else y
-    return layers.SelectiveDense(self.num_classes, name="classifier")(layers.global_avg_pool(x))
+    return layers.SelectiveDense(self.num_classes, name="classifier", charged=False)(layers.global_avg_pool(x))

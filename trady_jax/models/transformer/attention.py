@@ -1,0 +1,75 @@
+"""Multi-head self-attention and the MLP of a transformer block, every projection selective.
+
+Each projection is a charged ``layers.SelectiveDense``: its input feature ``c`` costs ``F_out``
+weights plus one stored activation per token (``costs``; the linear reading of Eq. 3). With
+separate ``query`` / ``key`` / ``value`` projections (Hugging Face's layout) the block input is
+stored once per projection that selects from it; a fused ``qkv`` projection (timm's layout) stores
+it once, at ``3 * C`` weights per feature.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from trady_jax.layers import SelectiveDense
+
+
+def gelu(x: jax.Array) -> jax.Array:
+  """The exact (erf) GELU of BERT, ViT and Swin."""
+  return nn.gelu(x, approximate=False)
+
+
+def padding_bias(mask: jax.Array, dtype=jnp.float32) -> jax.Array:
+  """``(N, T)`` boolean key mask (True: a real token) -> an additive ``(N, 1, 1, T)`` logit bias,
+  the most negative float where masked (as Hugging Face's eager attention)."""
+  return jnp.where(mask, 0.0, jnp.finfo(dtype).min).astype(dtype)[:, None, None, :]
+
+
+class SelfAttention(nn.Module):
+  """``softmax(q k^T / sqrt(d) + bias) v``, then the output projection ``out``.
+
+  Attributes:
+    num_heads: heads; the width ``C`` must be a multiple.
+    fused_qkv: one ``qkv`` projection ``(C, 3C)`` laid out ``[q | k | v]`` (timm), else
+      ``query`` / ``key`` / ``value`` (Hugging Face).
+    use_bias: projection biases.
+  """
+  num_heads: int
+  fused_qkv: bool = False
+  use_bias: bool = True
+
+  @nn.compact
+  def __call__(self, x: jax.Array, bias: jax.Array | None = None) -> jax.Array:
+    """``x``: ``(..., T, C)``; ``bias``: added to the ``(..., heads, T, T)`` logits (padding,
+    relative positions, window masks)."""
+    c = x.shape[-1]
+    if c % self.num_heads:
+      raise ValueError(f"{self.name}: width {c} is not a multiple of {self.num_heads} heads")
+    d = c // self.num_heads
+    if self.fused_qkv:
+      q, k, v = jnp.split(SelectiveDense(3 * c, self.use_bias, name="qkv")(x), 3, axis=-1)
+    else:
+      q, k, v = (SelectiveDense(c, self.use_bias, name=n)(x) for n in ("query", "key", "value"))
+    split = lambda t: t.reshape(*t.shape[:-1], self.num_heads, d)
+    logits = jnp.einsum("...qhd,...khd->...hqk", split(q), split(k)) / math.sqrt(d)
+    if bias is not None:
+      logits = logits + bias
+    weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(v.dtype)
+    out = jnp.einsum("...hqk,...khd->...qhd", weights, split(v)).reshape(x.shape)
+    return SelectiveDense(c, self.use_bias, name="out")(out)
+
+
+class MLP(nn.Module):
+  """``fc2(activation(fc1(x)))``, hidden width ``hidden``."""
+  hidden: int
+  activation: Callable[[jax.Array], jax.Array] = gelu
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    h = self.activation(SelectiveDense(self.hidden, name="fc1")(x))
+    return SelectiveDense(x.shape[-1], name="fc2")(h)
