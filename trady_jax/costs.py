@@ -177,7 +177,11 @@ def to_bytes(weights: int, activations: int, *, batch: int = 1, dtype: Any = jnp
 
 # Normalisation layers: their scale / shift are trained whole and not charged (the papers charge
 # conv weights and activations only, method-spec 1.2; ``selection.ALWAYS``).
-NORMALIZATION = (batchnorm.BatchNorm, nn.BatchNorm, nn.LayerNorm, nn.GroupNorm, nn.RMSNorm)
+NORMALIZATION = (batchnorm.BatchNorm, nn.BatchNorm, nn.LayerNorm, nn.GroupNorm, nn.RMSNorm,
+                 layers.LayerNorm)
+# Lookup tables and learned tensors (embeddings, class tokens, relative position biases): not
+# charged, frozen under a selection (``layers.Embed``, ``layers.Learned``).
+UNCHARGED = NORMALIZATION + (layers.Embed, layers.Learned)
 
 
 class LayerCall(NamedTuple):
@@ -194,8 +198,8 @@ class LayerCall(NamedTuple):
 
 
 def check_accounted(calls: Sequence[LayerCall], owners: Mapping[str, Any],
-                    normalization: tuple[type, ...] = NORMALIZATION) -> None:
-  """Refuse a model with a parameter that no selective or normalisation layer owns.
+                    normalization: tuple[type, ...] = UNCHARGED) -> None:
+  """Refuse a model with a parameter that no selective, normalisation or embedding layer owns.
 
   ``owners``: ``{parameter leaf path: the module holding it}``. A plain ``nn.Conv`` / ``nn.Dense``
   would compute its weight gradient and store its input whatever the selection, outside ``B_mem``.
@@ -259,7 +263,7 @@ def trace(model, input_shape: Sequence[int] = (1, 128, 128, 3), *, input_dtype: 
   if isinstance(model, nnx.Module):
     from trady_jax import nnx_layers  # local: nnx_layers' cost needs only this dispatch
     calls, owners = nnx_layers.trace_calls(model, x, **apply_kwargs)
-    check_accounted(calls, owners, NORMALIZATION + nnx_layers.NORMALIZATION)
+    check_accounted(calls, owners, UNCHARGED + nnx_layers.NORMALIZATION)
   else:
     calls, owners = _linen_calls(model, x, **apply_kwargs)
     check_accounted(calls, owners)

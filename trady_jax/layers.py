@@ -129,6 +129,56 @@ class SelectiveDense(nn.Module):
     return y
 
 
+class Embed(nn.Module):
+  """A lookup table ``embedding[ids]`` (token, position or segment embeddings).
+
+  Not charged, as every parameter outside the linear / conv layers; trained whole without a
+  selection (full fine-tuning) and frozen under one (its leaf is ``FROZEN`` unless a strategy's
+  ``trainable`` names it): ``stop_gradient`` then keeps autodiff from building its
+  ``(num_embeddings, features)`` gradient.
+  """
+  num_embeddings: int
+  features: int
+  embedding_init: Initializer = nn.initializers.normal(0.02)
+
+  @nn.compact
+  def __call__(self, ids: jax.Array) -> jax.Array:
+    table, _ = _gate(self, "embedding", self.param(
+        "embedding", self.embedding_init, (self.num_embeddings, self.features)))
+    return jnp.take(table, ids, axis=0)
+
+
+class Learned(nn.Module):
+  """One learned tensor ``value`` of ``shape`` (a class token, position embeddings, a relative
+  position bias table): uncharged and gated as ``Embed``. Call it with no argument."""
+  shape: tuple[int, ...]
+  init: Initializer = nn.initializers.truncated_normal(0.02)
+
+  @nn.compact
+  def __call__(self) -> jax.Array:
+    value, _ = _gate(self, "value", self.param("value", self.init, tuple(self.shape)))
+    return value
+
+
+class LayerNorm(nn.Module):
+  """Layer normalisation over the last axis, ``(x - mean) / sqrt(var + epsilon) * scale + bias``,
+  whose scale and shift are gated like every other leaf: trained whole without a selection,
+  and under one only where a strategy's ``trainable`` names them (not charged either way). A
+  frozen norm passes its input gradient on without building a scale / shift gradient, so the
+  backward pass stops at the shallowest trained layer (``nn.LayerNorm`` would pull it to the
+  first norm of the network)."""
+  epsilon: float = 1e-6
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    c = x.shape[-1]
+    scale, _ = _gate(self, "scale", self.param("scale", nn.initializers.ones_init(), (c,)))
+    bias, _ = _gate(self, "bias", self.param("bias", nn.initializers.zeros_init(), (c,)))
+    mean = jnp.mean(x, axis=-1, keepdims=True)
+    var = jnp.mean(jnp.square(x - mean), axis=-1, keepdims=True)
+    return (x - mean) * jax.lax.rsqrt(var + self.epsilon) * scale + bias
+
+
 def global_avg_pool(x: jax.Array) -> jax.Array:
   """Mean over the spatial axes of an NHWC tensor."""
   return jnp.mean(x, axis=(1, 2))
