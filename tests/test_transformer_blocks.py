@@ -1,0 +1,55 @@
+"""Selective attention and MLP blocks: exact recomputation, less kept for the backward pass."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from trady_jax import costs, xla
+from trady_jax import selection as sel
+from trady_jax.models.transformer.attention import MLP, SelfAttention, padding_bias
+
+_X = jax.random.normal(jax.random.key(0), (2, 6, 16))
+_MASK = jnp.array([[1, 1, 1, 1, 0, 0], [1] * 6], bool)
+
+
+def _grads_and_residuals(module, *args):
+  params = module.init(jax.random.key(1), _X, *args)["params"]
+  f = lambda p, x: jnp.sum(module.apply({"params": p}, x, *args) ** 2)
+  return jax.grad(f, argnums=(0, 1))(params, _X), xla.residual_bytes(lambda p: f(p, _X), params)
+
+
+@pytest.mark.parametrize("plain, recomputed, args", [
+    (SelfAttention(4, recompute_softmax=False), SelfAttention(4), (padding_bias(_MASK),)),
+    (SelfAttention(4, fused_qkv=True, recompute_softmax=False), SelfAttention(4, fused_qkv=True),
+     ()),
+    (MLP(32), MLP(32, recompute=True), ())])
+def test_recomputation_is_exact_and_keeps_less(plain, recomputed, args):
+  (g0, r0), (g1, r1) = _grads_and_residuals(plain, *args), _grads_and_residuals(recomputed, *args)
+  for a, b in zip(jax.tree.leaves(g0), jax.tree.leaves(g1)):
+    np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
+  assert r1["float_activations"] < r0["float_activations"]
+
+
+def test_padding_is_masked_out():
+  m = SelfAttention(4)
+  p = m.init(jax.random.key(1), _X)
+  y = m.apply(p, _X, padding_bias(_MASK))
+  x2 = _X.at[0, 4:].set(100.0)  # changing padded tokens changes nothing on real ones
+  np.testing.assert_allclose(m.apply(p, x2, padding_bias(_MASK))[0, :4], y[0, :4], atol=1e-5)
+
+
+def test_selected_features_of_every_projection_get_dense_gradients_restricted():
+  m = SelfAttention(4)
+  params = m.init(jax.random.key(1), _X)["params"]
+  c = costs.trace(m, (1, 6, 16))
+  assert [l.path for l in c.charged] == ["query/kernel", "key/kernel", "value/kernel", "out/kernel"]
+  idx = jnp.array([2, 7, 11])
+  s = sel.build(params, {l.path: l.channels(idx) for l in c.charged})
+  f = lambda p, v: jnp.sum(jnp.tanh(m.apply(v(p), _X, padding_bias(_MASK))))
+  dense = jax.grad(f)(params, lambda p: {"params": p})
+  sparse = jax.grad(f)(params, lambda p: {"params": p, "selection": s})
+  for name in ("query", "key", "value", "out"):
+    np.testing.assert_allclose(sparse[name]["kernel"][idx], dense[name]["kernel"][idx], rtol=1e-5,
+                               atol=1e-6)
+    assert not np.any(np.delete(np.asarray(sparse[name]["kernel"]), np.asarray(idx), axis=0))
