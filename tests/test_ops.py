@@ -60,17 +60,20 @@ def test_selected_conv_grads_equal_dense(name):
   assert np.all(rest == 0), "unselected channels must get an exact zero gradient"
 
 
-def test_selected_dense_grads_equal_dense():
+@pytest.mark.parametrize("output", [False, True])
+def test_selected_dense_grads_equal_dense(output):
+  """Input features (TraDy) or output features (Velocity's neurons) of a dense kernel."""
   kx, kw, kc = jax.random.split(jax.random.key(3), 3)
   x, w = jax.random.normal(kx, (4, 3, 10)), jax.random.normal(kw, (10, 6))
   cot = jax.random.normal(kc, (4, 3, 6))
-  idx = jnp.array([7, 1, 4], jnp.int32)
+  idx = jnp.array([5, 1, 4], jnp.int32)
+  op, axis = (ops.output_selective_dense, 1) if output else (ops.selective_dense, 0)
   dense = jax.grad(lambda x, w: jnp.sum((x @ w) * cot), argnums=(0, 1))(x, w)
-  sparse = jax.grad(lambda x, w: jnp.sum(ops.selective_dense(x, w, idx) * cot),
-                    argnums=(0, 1))(x, w)
+  sparse = jax.grad(lambda x, w: jnp.sum(op(x, w, idx) * cot), argnums=(0, 1))(x, w)
   np.testing.assert_allclose(sparse[0], dense[0], rtol=1e-5, atol=1e-5)
-  np.testing.assert_allclose(sparse[1][idx], dense[1][idx], rtol=1e-5, atol=1e-5)
-  assert np.all(np.delete(np.asarray(sparse[1]), np.asarray(idx), axis=0) == 0)
+  np.testing.assert_allclose(jnp.take(sparse[1], idx, axis), jnp.take(dense[1], idx, axis),
+                             rtol=1e-5, atol=1e-5)
+  assert np.all(np.delete(np.asarray(sparse[1]), np.asarray(idx), axis=axis) == 0)
 
 
 def test_empty_selection_gives_zero_kernel_grad_and_exact_input_grad():

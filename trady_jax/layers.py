@@ -8,8 +8,8 @@ Each layer reads its own leaves of the optional ``'selection'`` variable collect
 * no ``'selection'`` collection: a plain, fully differentiable layer (inference, full fine-tuning);
 * ``Channels``: the kernel goes through ``ops.selective_conv`` / ``ops.selective_dense``, which
   store only ``x[..., idx]`` and compute the kernel gradient only for those channels;
-* ``OutputChannels``: ``ops.output_selective_conv`` (the whole input stored, the kernel gradient
-  of the selected output channels only);
+* ``OutputChannels``: ``ops.output_selective_conv`` / ``ops.output_selective_dense`` (the whole
+  input stored, the kernel gradient of the selected output channels only);
 * ``FROZEN``: the parameter is wrapped in ``stop_gradient``; the layer still passes the input
   gradient on (which needs only the kernel), and stores no input activation;
 * ``ALL``: trained whole, plain autodiff.
@@ -119,7 +119,9 @@ class SelectiveDense(nn.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     kernel, s = _gate(self, "kernel",
                       self.param("kernel", self.kernel_init, (x.shape[-1], self.features)))
-    if isinstance(s, sel.Channels):
+    if isinstance(s, sel.OutputChannels):
+      y = ops.output_selective_dense(x, kernel, s.idx)
+    elif isinstance(s, sel.Channels):
       y = ops.selective_dense(x, kernel, s.idx)
     else:
       y = x @ kernel

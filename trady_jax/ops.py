@@ -217,6 +217,28 @@ def _selective_dense_bwd(residuals, g):
 selective_dense.defvjp(_selective_dense_fwd, _selective_dense_bwd)
 
 
+@jax.custom_vjp
+def output_selective_dense(x: jax.Array, kernel: jax.Array, out_idx: jax.Array) -> jax.Array:
+  """``x @ kernel`` whose kernel gradient exists only for output features ``out_idx`` (Velocity's
+  neurons, as ``output_selective_conv``): the whole input ``x`` is saved, and the backward pass
+  computes ``dL/dW[:, out_idx]`` and the full ``dL/dx``; ``PAD`` slots get no gradient."""
+  return x @ kernel
+
+
+def _output_selective_dense_fwd(x, kernel, out_idx):
+  return x @ kernel, (x, kernel, out_idx)
+
+
+def _output_selective_dense_bwd(residuals, g):
+  x, kernel, out_idx = residuals
+  dw_sel = jnp.einsum("...i,...o->io", x, _gather(g, out_idx))
+  dw = jnp.zeros_like(kernel).at[:, out_idx].set(dw_sel.astype(kernel.dtype), mode="drop")
+  return g @ kernel.T, dw, None
+
+
+output_selective_dense.defvjp(_output_selective_dense_fwd, _output_selective_dense_bwd)
+
+
 def _pack(mask: jax.Array) -> jax.Array:
   """Bit-pack a boolean mask along the channel axis: 1 bit per element (uint8, C/8 bytes)."""
   return jnp.packbits(mask, axis=-1)

@@ -6,7 +6,7 @@ A selection mirrors the parameter pytree leaf for leaf. Each leaf is one of
 * ``ALL`` (``AllChannels()``): the leaf is trained whole (the classifier, always);
 * ``Channels(idx, axis, multiplier)``: only input channels ``idx`` (int32, static length) of a kernel
   are trained; the selective layer stores only those channels' activations;
-* ``OutputChannels(idx)``: only output channels ``idx`` of a conv kernel are trained (Velocity);
+* ``OutputChannels(idx)``: only output channels ``idx`` of a kernel are trained (Velocity);
   the layer stores its whole input.
 
 ``FROZEN`` and ``ALL`` are childless pytree nodes, so they are part of the tree *structure*; the
@@ -78,9 +78,9 @@ class Channels:
 
 @flax.struct.dataclass
 class OutputChannels(Channels):
-  """Selected output channels (neurons, WACV-24 Velocity) of one conv kernel: the last kernel
-  axis, so ``mask`` and ``sparse_update`` restrict the update to ``W[..., idx]``. The layer keeps
-  its whole input for the backward pass (``ops.output_selective_conv``)."""
+  """Selected output channels (neurons, WACV-24 Velocity) of one conv or dense kernel: the last
+  kernel axis, so ``mask`` and ``sparse_update`` restrict the update to ``W[..., idx]``. The layer
+  keeps its whole input for the backward pass (``ops.output_selective_conv`` / ``_dense``)."""
   axis: int = flax.struct.field(pytree_node=False, default=-1)
 
 

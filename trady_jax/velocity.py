@@ -99,13 +99,15 @@ def held_out(source, n: int = HELD_OUT, *, seed: int = 0):
 
 def normalized_outputs(model: nn.Module, variables: PyTree, images: jax.Array
                        ) -> dict[str, jax.Array]:
-  """``{kernel path: yhat (N, H*W, C)}``: every conv layer's output maps on ``images``, each
-  normalised over its positions (Eq. 1's ``yhat``)."""
+  """``{kernel path: yhat (N, H*W, C)}``: every charged layer's output maps on ``images`` (a dense
+  layer's: ``(N, tokens, C)``), each normalised over its positions (Eq. 1's ``yhat``)."""
   out = {}
 
   def interceptor(next_fun, args, kwargs, context):
     y = next_fun(*args, **kwargs)
-    if context.method_name == "__call__" and isinstance(context.module, layers.SelectiveConv):
+    m = context.module
+    if context.method_name == "__call__" and (isinstance(m, layers.SelectiveConv) or (
+        isinstance(m, layers.SelectiveDense) and m.charged)):
       y2 = y.reshape(y.shape[0], -1, y.shape[-1]).astype(jnp.float32)
       norm = jnp.sqrt(jnp.sum(y2 * y2, axis=1, keepdims=True))
       out["/".join(context.module.path) + "/kernel"] = jnp.where(
