@@ -96,10 +96,10 @@ def token_type_ids(ids: jax.Array, config: TextConfig) -> jax.Array:
   [[0, 0, 0, 1, 1, 1, 0]]
   """
   if config.type_vocab_size < 2:
-    return jnp.zeros_like(ids)
+    return jnp.zeros(ids.shape, jnp.int32)
   sep = (ids == config.sep_token_id).astype(jnp.int32)
   after_first = (jnp.cumsum(sep, axis=-1) - sep) > 0
-  return (after_first & attention_mask(ids, config)).astype(ids.dtype)
+  return (after_first & attention_mask(ids, config)).astype(jnp.int32)
 
 
 def position_ids(ids: jax.Array, config: TextConfig) -> jax.Array:
@@ -110,8 +110,8 @@ def position_ids(ids: jax.Array, config: TextConfig) -> jax.Array:
   [[2, 3, 4, 5, 1, 1]]
   """
   if config.flavor == "bert":
-    return jnp.broadcast_to(jnp.arange(ids.shape[-1], dtype=ids.dtype), ids.shape)
-  mask = attention_mask(ids, config).astype(ids.dtype)
+    return jnp.broadcast_to(jnp.arange(ids.shape[-1], dtype=jnp.int32), ids.shape)
+  mask = attention_mask(ids, config).astype(jnp.int32)
   return jnp.cumsum(mask, axis=-1) * mask + config.pad_token_id
 
 
