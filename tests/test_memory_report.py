@@ -89,3 +89,15 @@ def test_report_without_feature_mix_and_generic(capsys):
   out = memory_report.main(["--arch", "resnet18", "--input-size", "64", "--json"])
   assert out["conv_layers"] == 20 and out["su_schemes"] == {}
   assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["arch"] == "resnet18"
+
+
+@pytest.mark.parametrize("arch", ["bert-base", "roberta-base"])
+def test_text_transformer_totals_reproduce_the_papers_baseline(arch):
+  """12 layers x (q, k, v, o, fc1: 768 + fc2: 3,072) = 6,912 linear inputs per token; the papers'
+  96,225,792 = every linear weight (head included) + those inputs at 129 tokens (method-spec 8)."""
+  out = memory_report.report(arch, 128)[1]
+  assert (out["charged_layers"], out["weights"], out["activations"]) == (
+      72, 84_934_656, 12 * 6_912 * 128)
+  assert out["head_weights"] == 768 * 768 + 768 * 2
+  assert out["papers_accounting"]["ours"] == BASELINE_UNITS[arch] == 96_225_792
+  assert out["papers_accounting"]["difference"] == 0

@@ -28,7 +28,25 @@ ALPHA_OPT = 0.2
 BUDGET_SCHEMES = (1, 3, 5)
 BUDGETS = {"mbv2-w0.35": (27_946, 66_592, 93_696), "mcunet-in1": (15_936, 64_832, 112_640),
            "proxyless-w0.3": (25_984, 72_960, 101_376)}
-BASELINE_UNITS = {"mbv2-w0.35": 1_252_320, "mcunet-in1": 1_309_808, "proxyless-w0.3": 1_162_032}
+BASELINE_UNITS = {"mbv2-w0.35": 1_252_320, "mcunet-in1": 1_309_808, "proxyless-w0.3": 1_162_032,
+                  "swin-t": 31_889_952, "bert-base": 96_225_792, "roberta-base": 96_225_792}
+# The transformers' budgets (method-spec 8; no SU scheme behind them): the "absolute" ones (the
+# smallest mbv2-w0.35 and the largest mcunet-in1 budget) and the "proportional" ones, 1.988 % and
+# 8.679 % of the Baseline.
+TRANSFORMER_BUDGETS = {"swin-t": (27_946, 112_640, 633_859, 2_767_686),
+                       "bert-base": (27_946, 112_640, 1_912_629, 8_351_308),
+                       "roberta-base": (27_946, 112_640, 1_912_629, 8_351_308)}
+
+
+def budgets(arch: str) -> tuple[int, ...]:
+  """The papers' budgets for ``arch`` (``KeyError`` when they have none).
+
+  >>> budgets("mbv2-w0.35"), budgets("bert-base")[2:]
+  ((27946, 66592, 93696), (1912629, 8351308))
+  """
+  if arch in BUDGETS:
+    return BUDGETS[arch]
+  return TRANSFORMER_BUDGETS[arch]
 
 
 def epochs(dataset: str) -> int:

@@ -83,10 +83,12 @@ def resolve_budgets(spec: str, arch: str) -> list[int]:
   out: list[int] = []
   for item in items:
     if item == "paper":
-      if arch not in paper.BUDGETS:
-        raise ValueError(f"no paper budgets for arch {arch!r}; known: {sorted(paper.BUDGETS)} "
-                         "(give --budgets as integers)")
-      out += paper.BUDGETS[arch]
+      try:
+        out += paper.budgets(arch)
+      except KeyError:
+        known = sorted({*paper.BUDGETS, *paper.TRANSFORMER_BUDGETS})
+        raise ValueError(f"no paper budgets for arch {arch!r}; known: {known} "
+                         "(give --budgets as integers)") from None
     else:
       try:
         out.append(int(item.replace("_", "")))
