@@ -29,8 +29,12 @@ class Config:
                                     # (batch statistics as constants, shift trained); batchnorm.py
   # --- data ---
   dataset: str = "cifar10"          # 'cifar10', 'cifar100', 'cub200', 'flowers102', 'food101',
-                                    # 'pets', 'vww', 'folder:<root>' or 'synthetic'
+                                    # 'pets', 'vww', 'folder:<root>' or 'synthetic'; text:
+                                    # 'glue/qnli', 'glue/rte', 'glue/sst2', 'synthetic-text'
   data_dir: str = ""                # tfds data_dir or image-folder root; '' = defaults
+  tokenizer: str = ""               # text datasets: the checkpoint's tokenizer folder
+                                    # (tokenizer.json, vocab.txt, or vocab.json + merges.txt);
+                                    # '' = weights_dir when it holds one (data.tokenizer)
   offline: bool = False             # use the CIFAR-10 copy in ../shared/data, never the network
   train_limit: int = 0              # use only this many (class-balanced) train images; 0 = all
   test_limit: int = 0               # likewise for the test split
@@ -95,6 +99,9 @@ class Config:
       raise ConfigError(f"--bn {self.bn!r}: unknown; known: {', '.join(MODES)}")
     if self.dataset.startswith("folder:") and not self.dataset[len("folder:"):]:
       raise ConfigError("--dataset folder:PATH needs a PATH")
+    if self.tokenizer and not self.dataset.startswith(("glue/", "synthetic-text")):
+      raise ConfigError(f"--tokenizer {self.tokenizer}: only text datasets (glue/*, "
+                        f"synthetic-text) are tokenised; --dataset is {self.dataset!r}")
     return self
 
   def total_epochs(self) -> int:

@@ -15,12 +15,16 @@ from trady_jax.data.sources import (CIFAR10_CLASSES, DATASETS, VWW_HELP, DataUna
                                     synthetic, vww)
 from trady_jax.data.transforms import (IMAGE_SIZE, TransformConfig, eval_transform, example_rng,
                                        make_transform, train_transform)
+from trady_jax.data.text import (TEXT_DATASETS, GlueSource, SyntheticTextSource, TextTokenizer,
+                                 is_text_dataset, open_text_dataset)
 
 __all__ = [
     "CIFAR10_CLASSES", "DATASETS", "IMAGE_SIZE", "VWW_HELP", "DataUnavailableError", "DatasetSpec",
-    "ImageFolderSource", "Source", "Subset", "SyntheticSource", "TfdsSource", "TransformConfig",
+    "GlueSource", "ImageFolderSource", "Source", "Subset", "SyntheticSource",
+    "SyntheticTextSource", "TEXT_DATASETS", "TextTokenizer", "TfdsSource", "TransformConfig",
     "balanced_subset", "batches", "cifar10_offline", "dataset_spec", "default_workers",
     "epoch_order", "eval_transform", "example_rng", "find_cifar10_archive", "image_folder",
-    "make_transform", "open_dataset", "steps_per_epoch", "synthetic", "train_transform",
+    "is_text_dataset", "make_transform", "open_dataset", "open_text_dataset", "steps_per_epoch",
+    "synthetic", "train_transform",
     "transforms", "vww",
 ]

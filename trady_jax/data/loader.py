@@ -72,6 +72,8 @@ def batches(source: Source, batch_size: int, *, train: bool, seed: int = 0, epoc
             pad_remainder: bool = False) -> Iterator[dict[str, np.ndarray]]:
   """Yield ``{'image': float32 (B, S, S, 3), 'label': int32 (B,)}`` for one epoch.
 
+  Text sources (``protocol == 'text'``) give ``'image'`` as int32 token ids ``(B, max_length)``.
+
   Args:
     source: random-access source (``len``, ``[i] -> (uint8 HWC, label)``, optional ``protocol``).
     batch_size: examples per batch.
@@ -121,7 +123,8 @@ def batches(source: Source, batch_size: int, *, train: bool, seed: int = 0, epoc
     with lock:  # the first row done sizes the batch (a custom transform's own size)
       if batch["image"] is None:
         shape = (len(batch["label"]), *row.shape)
-        batch["image"] = np.empty(shape, np.uint8 if split else np.float32)
+        dtype = np.uint8 if split else getattr(transform, "dtype", np.float32)  # text: int32
+        batch["image"] = np.empty(shape, dtype)
     batch["image"][k], batch["label"][k] = row, label
     with lock:
       batch["todo"] -= 1

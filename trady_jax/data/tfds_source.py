@@ -81,6 +81,25 @@ class DataUnavailableError(FileNotFoundError):
   """A dataset is neither prepared locally nor obtainable here; the message says how to get it."""
 
 
+def open_data_source(tfds_name: str, split: str, data_dir: str | os.PathLike | None = None,
+                     download: bool = False):
+  """``tfds.data_source`` of a split in ArrayRecord; :class:`DataUnavailableError` saying how to
+  prepare it when it is not there."""
+  import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+  try:
+    return tfds.data_source(tfds_name, split=split,
+                            data_dir=None if data_dir is None else os.fspath(data_dir),
+                            download=download, builder_kwargs={"file_format": "array_record"})
+  except Exception as e:  # tfds raises several types for "not prepared"; report them uniformly
+    where = data_dir or "the default tfds data_dir ($TFDS_DATA_DIR or ~/tensorflow_datasets)"
+    raise DataUnavailableError(
+        f"cannot open tfds dataset {tfds_name!r} split {split!r} from {where}"
+        f"{' (download=True)' if download else ''}: {type(e).__name__}: {e}\n"
+        f"Prepare it once on a machine with network access: `tfds build {tfds_name} "
+        "--file_format=array_record --data_dir=DIR` (preparing some datasets needs TensorFlow), "
+        "then pass data_dir=DIR; or pass download=True.") from e
+
+
 class TfdsSource:
   """A tfds split read with ``tfds.data_source`` (ArrayRecord, random access, no TensorFlow).
 
@@ -95,25 +114,12 @@ class TfdsSource:
 
   def __init__(self, name: str, split: str, *, data_dir: str | os.PathLike | None = None,
                download: bool = False):
-    import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
-
     self.spec = dataset_spec(name)
     if self.spec.tfds_name is None:
       raise ValueError(f"{name!r} is not in tensorflow-datasets; open it as an image folder")
     self.name, self.split = name, tfds_split(self.spec, split)
     self.protocol = self.spec.protocol
-    try:
-      self._ds = tfds.data_source(self.spec.tfds_name, split=self.split,
-                                  data_dir=None if data_dir is None else os.fspath(data_dir),
-                                  download=download, builder_kwargs={"file_format": "array_record"})
-    except Exception as e:  # tfds raises several types for "not prepared"; report them uniformly
-      where = data_dir or "the default tfds data_dir ($TFDS_DATA_DIR or ~/tensorflow_datasets)"
-      raise DataUnavailableError(
-          f"cannot open tfds dataset {self.spec.tfds_name!r} split {self.split!r} from {where}"
-          f"{' (download=True)' if download else ''}: {type(e).__name__}: {e}\n"
-          f"Prepare it once on a machine with network access: `tfds build {self.spec.tfds_name} "
-          "--file_format=array_record --data_dir=DIR` (preparing some datasets needs TensorFlow), "
-          "then pass data_dir=DIR; or pass download=True.") from e
+    self._ds = open_data_source(self.spec.tfds_name, self.split, data_dir, download)
     label = self._ds.dataset_info.features[self.spec.label_key]
     self.num_classes = int(label.num_classes)
     self.class_names = tuple(label.names)

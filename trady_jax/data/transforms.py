@@ -204,10 +204,24 @@ class ProtocolTransform:
     return self.normalize(self.pixels(image, rng))
 
 
+@dataclasses.dataclass(frozen=True)
+class TokenIds:
+  """Text examples (protocol ``'text'``): token ids pass unchanged, as int32; no augmentation."""
+  dtype = np.int32  # the loader's batch dtype for this transform
+
+  def __call__(self, ids: np.ndarray, rng: np.random.Generator | None = None) -> np.ndarray:
+    del rng  # deterministic
+    return np.asarray(ids, np.int32)
+
+
 def make_transform(train: bool, *, protocol: str = "standard", image_size: int = IMAGE_SIZE,
-                   **overrides) -> ProtocolTransform:
-  """``transform(image, rng) -> float32 HWC``; protocol ``'standard'`` or ``'resize'`` (VWW)."""
+                   **overrides) -> ProtocolTransform | TokenIds:
+  """``transform(image, rng) -> float32 HWC``; protocol ``'standard'`` or ``'resize'`` (VWW);
+  ``'text'``: :class:`TokenIds` (``train``, ``image_size`` and ``overrides`` do not apply)."""
+  if protocol == "text":
+    return TokenIds()
   if protocol not in ("standard", "resize"):
-    raise ValueError(f"unknown transform protocol {protocol!r}; expected 'standard' or 'resize'")
+    raise ValueError(f"unknown transform protocol {protocol!r}; expected 'standard', 'resize' "
+                     "or 'text'")
   return ProtocolTransform(train, TransformConfig(image_size=image_size,
                                                   resize_only=protocol == "resize", **overrides))

@@ -27,9 +27,11 @@ def check_config(cfg) -> None:
       raise ConfigError(f"--dataset {name}: " + (
           f"{root} has no {' or '.join(missing)} folder" if root.is_dir()
           else f"{root} does not exist") + " (expected ROOT/{train,test}/<class>/<images>)")
+  elif data.is_text_dataset(name):
+    check_tokenizer(cfg)
   elif name != "synthetic" and name not in data.DATASETS:
     raise ConfigError(f"--dataset {name!r}: unknown; known: synthetic, folder:PATH, "
-                      f"{', '.join(data.DATASETS)}")
+                      f"{', '.join(data.DATASETS)}, {', '.join(data.TEXT_DATASETS)}")
   elif cfg.data_dir and not Path(cfg.data_dir).is_dir() and (cfg.offline or name == "vww"):
     raise ConfigError(f"--data-dir {cfg.data_dir}: no such folder")
   if cfg.weights_dir and not Path(cfg.weights_dir).is_dir():
@@ -51,6 +53,20 @@ def check_config(cfg) -> None:
     net = costs_lib.trace(model, (1, cfg.image_size, cfg.image_size, 3))
     check_scheme_budget(cfg, net.usage(schemes.scheme_counts(cfg.arch, cfg.su_scheme, net))[
         "units"])
+
+
+def check_tokenizer(cfg) -> None:
+  """``ConfigError`` when a text dataset's tokenizer folder is missing or holds no tokenizer
+  (GLUE needs one; generated text uses one when given)."""
+  from trady_jax.data import tokenizer
+  if cfg.tokenizer and not tokenizer.has_tokenizer_files(cfg.tokenizer):
+    raise ConfigError(f"--tokenizer {cfg.tokenizer}: " + (
+        "no tokenizer.json, vocab.txt or vocab.json + merges.txt there"
+        if Path(cfg.tokenizer).is_dir() else "no such folder"))
+  if (cfg.dataset.startswith("glue/") and not cfg.tokenizer
+      and not (cfg.weights_dir and tokenizer.has_tokenizer_files(cfg.weights_dir))):
+    raise ConfigError(f"--dataset {cfg.dataset} needs the checkpoint's tokenizer: --tokenizer DIR "
+                      "(a folder with tokenizer.json, vocab.txt, or vocab.json + merges.txt)")
 
 
 def check_scheme_budget(cfg, units: int) -> None:

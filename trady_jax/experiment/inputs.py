@@ -14,6 +14,8 @@ def open_data(cfg):
   """
   from trady_jax import data
   name = cfg.dataset
+  if data.is_text_dataset(name):
+    return _open_text(cfg)
   kwargs = {}
   if name.startswith("folder:"):
     name, kwargs = "folder", {"data_dir": cfg.data_dir or cfg.dataset.split(":", 1)[1]}
@@ -43,6 +45,42 @@ def open_data(cfg):
   train = _limit(train, cfg.train_limit, num_classes, cfg.seed)
   test = _limit(test, cfg.test_limit, num_classes, cfg.seed)
   return train, test, num_classes, where
+
+
+def _open_text(cfg):
+  """``open_data`` for text datasets: GLUE through tfds with the checkpoint's tokenizer (when tfds
+  has no copy and cannot download one, generated text, said plainly), or 'synthetic-text':
+  generated token ids in the tokenizer's layout, else the arch's (BERT or RoBERTa)."""
+  from trady_jax import data
+  from trady_jax.data import tokenizer as tokenizer_lib
+  folder = cfg.tokenizer or (cfg.weights_dir if cfg.weights_dir
+                             and tokenizer_lib.has_tokenizer_files(cfg.weights_dir) else "")
+  glue = cfg.dataset != "synthetic-text"
+  if glue and not folder:
+    raise ConfigError(f"--dataset {cfg.dataset} needs the checkpoint's tokenizer: --tokenizer DIR")
+  try:
+    tokenizer = data.TextTokenizer(folder) if folder else None
+    train = test = None
+    if glue:
+      kwargs = {"data_dir": cfg.data_dir or None, "download": not cfg.offline}
+      try:
+        train, test = (data.open_text_dataset(cfg.dataset, split, tokenizer, **kwargs)
+                       for split in ("train", "test"))
+        where = f"{type(train).__name__} (test = GLUE's validation split)"
+      except data.DataUnavailableError as e:
+        print(f"NOTE: {cfg.dataset} is not available here ({str(e).splitlines()[0]}).\n"
+              "NOTE: no network and no local copy, so this run uses GENERATED text (class marker "
+              "tokens); its accuracy says nothing about GLUE.", flush=True)
+    if train is None:
+      family = "roberta" if tokenizer is None and "roberta" in cfg.arch else "bert"
+      train, test = (data.open_text_dataset("synthetic-text", split, tokenizer, seed=cfg.seed,
+                                            family=family) for split in ("train", "test"))
+      where = "generated text"
+  except (ValueError, ImportError) as e:  # an unreadable tokenizer folder, no `tokenizers`
+    raise ConfigError(f"--dataset {cfg.dataset}: {' '.join(str(e).split())}") from None
+  train = _limit(train, cfg.train_limit, train.num_classes, cfg.seed)
+  test = _limit(test, cfg.test_limit, train.num_classes, cfg.seed)
+  return train, test, train.num_classes, where
 
 
 def _limit(source, n, num_classes, seed):
