@@ -128,8 +128,8 @@ def convert_hf_text(state_dict: Mapping[str, Any], config: TextConfig, *, seed: 
         for k, v in files.normalise_keys(state_dict).items()}
   prefix = config.flavor + "."
   prefixed = any(k.startswith(prefix) for k in sd)
-  shapes = {sel.path_str(p): s.shape
-            for p, s in jax.tree_util.tree_leaves_with_path(param_shapes(config))}
+  reference = param_shapes(config)
+  shapes = {sel.path_str(p): s.shape for p, s in jax.tree_util.tree_leaves_with_path(reference)}
   rng = np.random.default_rng(seed)
   flat, used, missing = {}, set(), []
   for path, (key, base) in hf_names(config).items():
@@ -157,7 +157,7 @@ def convert_hf_text(state_dict: Mapping[str, Any], config: TextConfig, *, seed: 
                      f"({_describe(config)}): missing {len(missing)} keys {missing[:6]}, "
                      f"unexpected {len(unexpected)} keys {unexpected[:6]}")
   params = nest({k: jnp.asarray(v) for k, v in flat.items()})
-  check_params(params, param_shapes(config), where=f"{config.flavor} weights")
+  check_params(params, reference, where=f"{config.flavor} weights")
   return params
 
 
