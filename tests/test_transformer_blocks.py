@@ -7,7 +7,7 @@ import pytest
 
 from trady_jax import costs, xla
 from trady_jax import selection as sel
-from trady_jax.models.transformer.attention import MLP, SelfAttention, padding_bias
+from trady_jax.models.transformer.attention import MLP, SelfAttention, gelu, padding_bias
 
 _X = jax.random.normal(jax.random.key(0), (2, 6, 16))
 _MASK = jnp.array([[1, 1, 1, 1, 0, 0], [1] * 6], bool)
@@ -29,6 +29,14 @@ def test_recomputation_is_exact_and_keeps_less(plain, recomputed, args):
   for a, b in zip(jax.tree.leaves(g0), jax.tree.leaves(g1)):
     np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
   assert r1["float_activations"] < r0["float_activations"]
+
+
+def test_gelu_is_exact_and_its_gradient_autodiff():
+  x = jnp.linspace(-6, 6, 101)
+  np.testing.assert_allclose(gelu(x), jax.nn.gelu(x, approximate=False), atol=1e-6)
+  np.testing.assert_allclose(jax.grad(lambda x: jnp.sum(gelu(x)))(x),
+                             jax.grad(lambda x: jnp.sum(jax.nn.gelu(x, approximate=False)))(x),
+                             atol=1e-6)
 
 
 def test_padding_is_masked_out():

@@ -26,11 +26,24 @@ def _setup():
   return m, ids, m.init(jax.random.key(0), ids)["params"]
 
 
-def test_layer_norm_matches_flax():
-  x = jax.random.normal(jax.random.key(1), (2, 5, 8)) * 3 + 1
+def test_layer_norm_matches_flax_and_its_gradients_autodiff():
+  kx, ks, kb, kg = jax.random.split(jax.random.key(1), 4)
+  x = jax.random.normal(kx, (2, 5, 8)) * 3 + 1
   ours, flax_ln = layers.LayerNorm(1e-12), nn.LayerNorm(1e-12)
   np.testing.assert_allclose(ours.apply(ours.init(jax.random.key(0), x), x),
                              flax_ln.apply(flax_ln.init(jax.random.key(0), x), x), atol=1e-5)
+  scale, bias = 1 + jax.random.normal(ks, (8,)), jax.random.normal(kb, (8,))
+  cot = jax.random.normal(kg, x.shape)
+
+  def plain(x, scale, bias):
+    m = x.mean(-1, keepdims=True)
+    return (x - m) * jax.lax.rsqrt(((x - m) ** 2).mean(-1, keepdims=True) + 1e-6) * scale + bias
+
+  want = jax.grad(lambda *a: jnp.sum(plain(*a) * cot), argnums=(0, 1, 2))(x, scale, bias)
+  got = jax.grad(lambda x, s, b: jnp.sum(layers.layer_norm(x, s, b, 1e-6) * cot),
+                 argnums=(0, 1, 2))(x, scale, bias)
+  for g, w in zip(got, want):
+    np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-5)
 
 
 def test_uncharged_tables_are_accepted_and_frozen_under_a_selection():

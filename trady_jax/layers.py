@@ -17,6 +17,7 @@ Each layer reads its own leaves of the optional ``'selection'`` variable collect
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable, Sequence
 
 import flax.linen as nn
@@ -176,9 +177,37 @@ class LayerNorm(nn.Module):
     c = x.shape[-1]
     scale, _ = _gate(self, "scale", self.param("scale", nn.initializers.ones_init(), (c,)))
     bias, _ = _gate(self, "bias", self.param("bias", nn.initializers.zeros_init(), (c,)))
-    mean = jnp.mean(x, axis=-1, keepdims=True)
-    var = jnp.mean(jnp.square(x - mean), axis=-1, keepdims=True)
-    return (x - mean) * jax.lax.rsqrt(var + self.epsilon) * scale + bias
+    return layer_norm(x, scale, bias, self.epsilon)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def layer_norm(x: jax.Array, scale: jax.Array, bias: jax.Array, epsilon: float) -> jax.Array:
+  """``x_hat * scale + bias`` with ``x_hat = (x - mean) / sqrt(var + epsilon)`` over the last axis.
+
+  The backward keeps ``x_hat`` and ``1 / sqrt(var + epsilon)`` (one value per token) and computes
+  ``dx = r * (g' - mean(g') - x_hat * mean(g' * x_hat))`` with ``g' = g * scale``: one
+  ``x``-sized residual where autodiff keeps two (the centred input and ``x_hat``)."""
+  return _layer_norm_fwd(x, scale, bias, epsilon)[0]
+
+
+def _layer_norm_fwd(x, scale, bias, epsilon):
+  mean = jnp.mean(x, axis=-1, keepdims=True)
+  centred = x - mean
+  r = jax.lax.rsqrt(jnp.mean(jnp.square(centred), axis=-1, keepdims=True) + epsilon)
+  x_hat = centred * r
+  return x_hat * scale + bias, (x_hat, r, scale)
+
+
+def _layer_norm_bwd(epsilon, residuals, g):
+  x_hat, r, scale = residuals
+  lead = tuple(range(g.ndim - 1))
+  gs = g * scale
+  dx = r * (gs - jnp.mean(gs, axis=-1, keepdims=True)
+            - x_hat * jnp.mean(gs * x_hat, axis=-1, keepdims=True))
+  return dx, jnp.sum(g * x_hat, axis=lead), jnp.sum(g, axis=lead)
+
+
+layer_norm.defvjp(_layer_norm_fwd, _layer_norm_bwd)
 
 
 def global_avg_pool(x: jax.Array) -> jax.Array:
