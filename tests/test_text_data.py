@@ -88,12 +88,16 @@ def test_same_ids_as_transformers(bert_dir, roberta_dir, tmp_path):
   cased.mkdir()
   (cased / "vocab.txt").write_bytes((bert_dir / "vocab.txt").read_bytes())
   (cased / "tokenizer_config.json").write_text('{"do_lower_case": false}')
-  saved = tmp_path / "saved"  # tokenizer.json as transformers writes it
-  transformers.BertTokenizer.from_pretrained(str(bert_dir)).save_pretrained(str(saved))
-  assert (saved / "tokenizer.json").is_file()
+  saved = {}  # tokenizer.json (with tokenizer_config.json) as transformers writes them
+  for name, folder, cls in (("bert", bert_dir, transformers.BertTokenizer),
+                            ("roberta", roberta_dir, transformers.RobertaTokenizer)):
+    saved[name] = tmp_path / f"saved-{name}"
+    cls.from_pretrained(str(folder)).save_pretrained(str(saved[name]))
+    assert (saved[name] / "tokenizer.json").is_file()
   references = [(bert_dir, transformers.BertTokenizer), (cased, transformers.BertTokenizer),
                 (roberta_dir, transformers.RobertaTokenizer),
-                (saved, transformers.AutoTokenizer)]
+                (saved["bert"], transformers.AutoTokenizer),
+                (saved["roberta"], transformers.AutoTokenizer)]
   for folder, cls in references:
     ours, ref = data.TextTokenizer(folder), cls.from_pretrained(str(folder))
     for a, b in PAIRS:
