@@ -59,6 +59,26 @@ def test_segment_and_position_ids_follow_the_tokenizers():
     bert.TextClassifier(TINY_ROBERTA).init(jax.random.key(0), jnp.zeros((1, 41), jnp.int32))
 
 
+def test_segment_ids_and_separator_match_a_wordpiece_tokenizer(tmp_path):
+  tokenizers = pytest.importorskip("tokenizers", reason="pip install 'trady-jax[reference]'")
+  words = "the cat sat on a mat dog ran".split()
+  tokens = ["[PAD]", "[UNK]", "[CLS]", "[MASK]", words[0], "[SEP]", *words[1:]]  # [SEP] = 5
+  tok = tokenizers.BertWordPieceTokenizer({t: i for i, t in enumerate(tokens)})
+  tok.enable_padding(length=12)
+  tok.save(str(tmp_path / "tokenizer.json"))
+  assert hf_text.separator_from_tokenizer(tmp_path, "bert") == 5
+  (tmp_path / "tokenizer.json").unlink()
+  tok.save_model(str(tmp_path))  # vocab.txt
+  assert hf_text.separator_from_tokenizer(tmp_path, "bert") == 5
+  assert hf_text.separator_from_tokenizer(tmp_path, "roberta") is None
+  batch = tok.encode_batch([("the cat sat", "a dog ran on the mat"), ("the cat", "a dog"),
+                            "the mat sat"])
+  ids = jnp.asarray([e.ids for e in batch], jnp.int32)
+  config = dataclasses.replace(TINY_BERT, sep_token_id=5)
+  assert bert.token_type_ids(ids, config).tolist() == [e.type_ids for e in batch]
+  assert bert.attention_mask(ids, config).astype(int).tolist() == [e.attention_mask for e in batch]
+
+
 def _tiny(config=TINY_BERT):
   """The module and random parameters drawn with numpy (an eager init compiles one random kernel
   per shape): kernels of variance 1 / fan-in, norm scales near one."""
@@ -156,14 +176,18 @@ def test_a_sharded_safetensors_folder_loads_without_torch(tmp_path):
     save_file({k: np.ascontiguousarray(v) for k, v in part.items()}, tmp_path / name)
   index = {"weight_map": {k: name for name, part in shards.items() for k in part}}
   (tmp_path / "model.safetensors.index.json").write_text(json.dumps(index))
-  (tmp_path / "config.json").write_text(json.dumps({
-      "model_type": "roberta", "vocab_size": 100, "hidden_size": 32, "num_hidden_layers": 2,
-      "num_attention_heads": 4, "intermediate_size": 64, "max_position_embeddings": 42,
-      "type_vocab_size": 1, "layer_norm_eps": 1e-5, "pad_token_id": 1, "eos_token_id": 2,
-      "id2label": {"0": "a", "1": "b", "2": "c"}}))
+  hf = {"model_type": "roberta", "vocab_size": 100, "hidden_size": 32, "num_hidden_layers": 2,
+        "num_attention_heads": 4, "intermediate_size": 64, "max_position_embeddings": 42,
+        "type_vocab_size": 1, "layer_norm_eps": 1e-5, "pad_token_id": 1, "eos_token_id": 2,
+        "id2label": {"0": "a", "1": "b", "2": "c"}}
+  (tmp_path / "config.json").write_text(json.dumps(hf))
+  (tmp_path / "vocab.txt").write_text("\n".join(["x"] * 7 + ["</s>"]))
   module, got = hf_text.load_hf_text(tmp_path)
-  assert module.config == TINY_ROBERTA
+  assert module.config == TINY_ROBERTA  # the config's eos_token_id before the tokenizer's
   jax.tree.map(np.testing.assert_array_equal, got, params)
+  del hf["eos_token_id"]
+  (tmp_path / "config.json").write_text(json.dumps(hf))
+  assert hf_text.load_hf_text(tmp_path)[0].config.sep_token_id == 7
   with pytest.raises(ValueError, match=r"classifier.out_proj.weight of shape \(3, 32\)"):
     hf_text.load_hf_text(tmp_path, num_classes=5)
 

@@ -65,7 +65,7 @@ def config_from_hf(hf: Mapping[str, Any], num_classes: int | None = None,
   if hf.get("position_embedding_type", "absolute") != "absolute":
     raise ValueError(f"position_embedding_type {hf['position_embedding_type']!r}: only "
                      "'absolute' is implemented")
-  sep = hf.get("sep_token_id", hf.get("eos_token_id") if flavor == "roberta" else None)
+  sep = _named_separator(hf)
   if num_classes is None:
     num_classes = hf.get("num_labels") or len(hf.get("id2label") or {}) or 2
   fields = {ours: int(hf[theirs]) for ours, theirs in _SHAPE_KEYS.items()}
@@ -166,11 +166,37 @@ def load_hf_text(directory: str | Path, num_classes: int | None = None,
   """``(module, params)`` from a Hugging Face checkpoint folder: ``config.json`` and
   ``model.safetensors`` or ``pytorch_model.bin`` (or their sharded ``*.index.json``).
 
-  ``num_classes`` and ``overrides``: as ``config_from_hf``.
+  ``num_classes`` and ``overrides``: as ``config_from_hf``; a separator the config does not name
+  is looked up in the folder's tokenizer files (``tokenizer.json``, ``vocab.txt``) when present.
   """
   directory = Path(directory)
-  config = config_from_hf(files.read_json(directory / "config.json"), num_classes, **overrides)
+  if not (directory / "config.json").is_file():
+    raise FileNotFoundError(f"{directory} holds no config.json: not a Hugging Face checkpoint")
+  hf = files.read_json(directory / "config.json")
+  if "sep_token_id" not in overrides and _named_separator(hf) is None:
+    sep = separator_from_tokenizer(directory, hf.get("model_type"))
+    overrides = overrides if sep is None else {**overrides, "sep_token_id": sep}
+  config = config_from_hf(hf, num_classes, **overrides)
   return TextClassifier(config), convert_hf_text(read_checkpoint(directory), config)
+
+
+def separator_from_tokenizer(directory: str | Path, flavor: str | None) -> int | None:
+  """The id of ``[SEP]`` (BERT) or ``</s>`` (RoBERTa) in a checkpoint folder's ``tokenizer.json``
+  or ``vocab.txt``; ``None`` when neither names it."""
+  directory, token = Path(directory), "[SEP]" if flavor == "bert" else "</s>"
+  if (directory / "tokenizer.json").is_file():
+    tok = files.read_json(directory / "tokenizer.json")
+    for added in tok.get("added_tokens") or ():
+      if added.get("content") == token:
+        return int(added["id"])
+    vocab = (tok.get("model") or {}).get("vocab")
+    if isinstance(vocab, dict) and token in vocab:
+      return int(vocab[token])
+  if (directory / "vocab.txt").is_file():
+    lines = (directory / "vocab.txt").read_text(encoding="utf-8").splitlines()
+    if token in lines:
+      return lines.index(token)
+  return None
 
 
 def read_checkpoint(directory: str | Path) -> dict[str, np.ndarray]:
@@ -190,6 +216,12 @@ def read_checkpoint(directory: str | Path) -> dict[str, np.ndarray]:
       return sd
   raise FileNotFoundError(f"{directory} holds no model.safetensors or pytorch_model.bin "
                           "(nor a sharded index of them)")
+
+
+def _named_separator(hf: Mapping[str, Any]) -> int | None:
+  """The separator a config names: ``sep_token_id``, or RoBERTa's ``eos_token_id``."""
+  sep = hf.get("sep_token_id")
+  return hf.get("eos_token_id") if sep is None and hf.get("model_type") == "roberta" else sep
 
 
 def _describe(config: TextConfig) -> str:
