@@ -184,9 +184,11 @@ def test_generated_text_in_a_tokenizers_vocabulary(tmp_path, roberta_dir):
 
 def test_open_data_for_text_configs(bert_dir, tmp_path, capsys):
   from trady_jax.experiment import checks, inputs  # noqa: PLC0415
-  cfg = Config(dataset="synthetic-text", arch="roberta-base", train_limit=100, test_limit=50)
+  cfg = Config(dataset="synthetic-text", arch="roberta-base", train_limit=100, test_limit=50,
+               image_size=64)  # a text model's image_size is its token count
   train, test, num_classes, where = inputs.open_data(cfg)
   assert (len(train), len(test), num_classes, where) == (100, 50, 2, "generated text")
+  assert train[0][0].shape == (64,)
   assert np.bincount(train.labels).tolist() == [50, 50] and train[0][0][0] == 0  # RoBERTa's <s>
   with pytest.raises(ConfigError, match="needs the checkpoint's tokenizer"):
     inputs.open_data(Config(dataset="glue/rte"))
@@ -200,6 +202,7 @@ def test_open_data_for_text_configs(bert_dir, tmp_path, capsys):
   tfds = pytest.importorskip("tensorflow_datasets")
   with tfds.testing.mock_data(num_examples=6):
     train, test, _, where = inputs.open_data(Config(dataset="glue/sst2", tokenizer=str(bert_dir)))
+    assert test[0][0].shape == (128,)
   assert isinstance(test, data.GlueSource) and test.split == "validation" and "GLUE" in where
   missing = Config(dataset="glue/qnli", tokenizer=str(bert_dir), offline=True,
                    data_dir=str(tmp_path / "no-tfds"))

@@ -23,7 +23,8 @@ class Config:
   arch: str = "mbv2-w0.35"          # 'mbv2-w0.35' | 'mcunet-in1' | 'proxyless-w0.3' | 'tiny' | ...
   pretrained: bool = True           # load ImageNet weights (falls back to random init, loudly)
   weights_dir: str = ""             # folder of pretrained weights; '' = ../shared/weights or cache
-  image_size: int = 128             # input resolution (the papers: 128)
+  image_size: int = 128             # input resolution (the papers: 128); text models: tokens
+                                    # per example (the papers: 128)
   bn: str = "train"                 # BatchNorm: 'train' (the papers: batch statistics, scale and
                                     # shift trained), 'folded' (int8 deployment form) or 'shift'
                                     # (batch statistics as constants, shift trained); batchnorm.py

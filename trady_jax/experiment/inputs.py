@@ -50,7 +50,8 @@ def open_data(cfg):
 def _open_text(cfg):
   """``open_data`` for text datasets: GLUE through tfds with the checkpoint's tokenizer (when tfds
   has no copy and cannot download one, generated text, said plainly), or 'synthetic-text':
-  generated token ids in the tokenizer's layout, else the arch's (BERT or RoBERTa)."""
+  generated token ids in the tokenizer's layout, else the arch's (BERT or RoBERTa). Examples are
+  ``cfg.image_size`` tokens long (the text models' input size, as ``models.example_input``)."""
   from trady_jax import data
   from trady_jax.data import tokenizer as tokenizer_lib
   folder = cfg.tokenizer or (cfg.weights_dir if cfg.weights_dir
@@ -62,7 +63,8 @@ def _open_text(cfg):
     tokenizer = data.TextTokenizer(folder) if folder else None
     train = test = None
     if glue:
-      kwargs = {"data_dir": cfg.data_dir or None, "download": not cfg.offline}
+      kwargs = {"data_dir": cfg.data_dir or None, "download": not cfg.offline,
+                "max_length": cfg.image_size}
       try:
         train, test = (data.open_text_dataset(cfg.dataset, split, tokenizer, **kwargs)
                        for split in ("train", "test"))
@@ -74,7 +76,8 @@ def _open_text(cfg):
     if train is None:
       family = "roberta" if tokenizer is None and "roberta" in cfg.arch else "bert"
       train, test = (data.open_text_dataset("synthetic-text", split, tokenizer, seed=cfg.seed,
-                                            family=family) for split in ("train", "test"))
+                                            family=family, max_length=cfg.image_size)
+                     for split in ("train", "test"))
       where = "generated text"
   except (ValueError, ImportError) as e:  # an unreadable tokenizer folder, no `tokenizers`
     raise ConfigError(f"--dataset {cfg.dataset}: {' '.join(str(e).split())}") from None
