@@ -102,7 +102,13 @@ def test_timm_vit_state_dict_converts_and_errors_name_the_problem():
                                 sd["blocks.1.attn.qkv.weight"].T)
   np.testing.assert_array_equal(params["patch_embed"]["kernel"][1, 2, 0],
                                 sd["patch_embed.proj.weight"][:, 0, 1, 2])
-  assert vit.ViT(TINY_VIT).apply({"params": params}, _images(32)).shape == (2, 5)
+  logits = vit.ViT(TINY_VIT).apply({"params": params}, _images(32))
+  separate = dataclasses.replace(TINY_VIT, fused_qkv=False)
+  split = hf_vision.convert_vit(sd, separate)  # timm's qkv split for the separate layout
+  np.testing.assert_array_equal(split["block_0"]["attn"]["value"]["bias"],
+                                sd["blocks.0.attn.qkv.bias"][64:])
+  np.testing.assert_allclose(vit.ViT(separate).apply({"params": split}, _images(32)), logits,
+                             atol=1e-5)
   with pytest.raises(ValueError, match=r"missing \['block_1/mlp/fc2/kernel'\]"):
     hf_vision.convert_vit({k: v for k, v in sd.items() if k != "blocks.1.mlp.fc2.weight"},
                           TINY_VIT)
@@ -237,3 +243,21 @@ def test_timm_layout_gives_the_same_logits(tmp_path, kind, merges_ahead, head_fc
   x = _images(module.config.image_size)
   np.testing.assert_allclose(module.apply({"params": params}, x), _torch_logits(model, torch, x),
                              atol=1e-4, rtol=0)
+
+
+@pytest.mark.slow
+def test_full_size_presets_are_transformers_defaults(tmp_path):
+  """transformers' default ``SwinConfig`` is Swin-T and its ``ViTConfig`` ViT-B/16 (224x224)."""
+  transformers = pytest.importorskip("transformers", reason="needs transformers and torch")
+  torch = pytest.importorskip("torch", reason="needs torch")
+  torch.manual_seed(0)
+  x = _images(224, n=1)
+  for hf, preset in ((transformers.SwinForImageClassification(transformers.SwinConfig()),
+                      swin.swin_t(2)),
+                     (transformers.ViTForImageClassification(transformers.ViTConfig()),
+                      vit.vit_b16(2))):
+    hf.eval().save_pretrained(tmp_path / preset.__class__.__name__)
+    loaded = hf_vision.load_hf_vision(tmp_path / preset.__class__.__name__)
+    assert loaded.module == preset
+    np.testing.assert_allclose(loaded.module.apply({"params": loaded.params}, x),
+                               _torch_logits(hf.eval(), torch, x), atol=1e-4, rtol=0)

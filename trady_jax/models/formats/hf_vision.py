@@ -187,7 +187,8 @@ def _resize(flat: dict[str, np.ndarray], want: Mapping) -> dict[str, np.ndarray]
   return flat
 
 
-def _fresh_head(module: nn.Module, want: Mapping, seed: int) -> dict[str, np.ndarray]:
+def _fresh_head(want: Mapping, seed: int) -> dict[str, np.ndarray]:
+  """A LeCun-normal classifier kernel of the model's shape and a zero bias."""
   shape = tuple(want["classifier/kernel"].shape)
   kernel = nn.initializers.lecun_normal()(jax.random.key(seed), shape)
   return {"classifier/kernel": np.asarray(kernel), "classifier/bias": np.zeros(shape[-1:])}
@@ -201,7 +202,7 @@ def _convert(module: nn.Module, image_size: int, sd: Mapping[str, np.ndarray], t
   flat = _resize(_qkv(_leaves(_rename(sd, table)), want), want)
   if not keep_head:
     flat = {k: v for k, v in flat.items() if not k.startswith("classifier/")}
-    flat.update(_fresh_head(module, want, seed))
+    flat.update(_fresh_head(want, seed))
   elif "classifier/kernel" not in flat:
     raise ValueError("the checkpoint has no classifier head; pass keep_head=False for a fresh one")
   tree = params_lib.nest(flat)
