@@ -164,16 +164,20 @@ def _torch_logits(model, torch, x, **kwargs):
     return model(torch.from_numpy(x.transpose(0, 3, 1, 2).copy()), **kwargs).logits.numpy()
 
 
-@pytest.mark.parametrize("kind, size, safe", [("vit", 32, True), ("vit", 32, False),
-                                              ("swin", 32, True), ("swin", 32, False),
-                                              ("swin", 36, True)])
-def test_logits_equal_transformers(tmp_path, kind, size, safe):
-  """Swin at 36: a 9x9 map padded to 12x12 windows (shifted), then 5x5 padded to 8x8."""
+@pytest.mark.parametrize("kind, size, layout", [
+    ("vit", 32, "safetensors"), ("vit", 32, "bin"), ("vit", 32, "state_dict"),
+    ("swin", 32, "safetensors"), ("swin", 32, "bin"), ("swin", 32, "state_dict"),
+    ("swin", 36, "safetensors")])
+def test_logits_equal_transformers(tmp_path, kind, size, layout):
+  """``bin``: the saved keys ``torch.save``d as ``pytorch_model.bin`` (transformers 5 writes
+  safetensors only); ``state_dict``: the model's own ``state_dict()`` (transformers 5 module
+  names). Swin at 36: a 9x9 map padded to 12x12 windows (shifted), then 5x5 padded to 8x8."""
   model, torch = _hf_model(kind, size)
   model.save_pretrained(tmp_path)
-  if not safe:  # transformers 5 writes safetensors only: the same keys as an older .bin
-    sd = files.load_state_dict(tmp_path / "model.safetensors")
-    torch.save({k: torch.from_numpy(v) for k, v in sd.items()}, tmp_path / "pytorch_model.bin")
+  if layout != "safetensors":
+    sd = {k: torch.from_numpy(v) for k, v in
+          files.load_state_dict(tmp_path / "model.safetensors").items()}
+    torch.save(sd if layout == "bin" else model.state_dict(), tmp_path / "pytorch_model.bin")
     (tmp_path / "model.safetensors").unlink()
   loaded = hf_vision.load_hf_vision(tmp_path)
   x = _images(size)

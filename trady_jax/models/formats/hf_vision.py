@@ -2,7 +2,8 @@
 (``transformer.vit``, ``transformer.swin``).
 
 Both layouts are recognised key by key: Hugging Face's (``vit.`` / ``swin.`` prefixes,
-``classifier.``, separate ``query`` / ``key`` / ``value``) and timm's (``patch_embed.proj``,
+``classifier.``, separate ``query`` / ``key`` / ``value``; also transformers 5's in-memory
+``q_proj`` ... names) and timm's (``patch_embed.proj``,
 ``blocks.N.attn.qkv``, ``layers.N.blocks.M...``, ``head`` or ``head.fc``). Linear weights become
 ``(in, out)`` kernels, conv weights OIHW -> HWIO, LayerNorm weights ``scale``; query / key / value
 are concatenated into the fused ``qkv`` (or a ``qkv`` split) as the model is laid out. Relative
@@ -81,6 +82,19 @@ SWIN_KEYS = (
     (r"^layers\.(\d+)\.downsample\.(norm|reduction)\.", r"merge_\1/\2/"),
     (r"^norm\.", "final_norm/"),
 )
+# transformers >= 5 module names, as a ``state_dict()`` taken in memory has them
+# (``save_pretrained`` and the published checkpoints use the names above).
+_QKV = {"q": "query", "k": "key", "v": "value"}
+V5_NAMES = (
+    (r"^vit\.layers\.", "vit.encoder.layer."),
+    (r"^(vit\..*)\.attention\.([qkv])_proj\.",
+     lambda m: f"{m[1]}.attention.attention.{_QKV[m[2]]}."),
+    (r"^(swin\..*)\.attention\.([qkv])_proj\.", lambda m: f"{m[1]}.attention.self.{_QKV[m[2]]}."),
+    (r"^((vit|swin)\..*)\.attention\.o_proj\.", r"\1.attention.output.dense."),
+    (r"^(swin\..*)\.attention\.relative_position_bias\.", r"\1.attention.self."),
+    (r"^((vit|swin)\..*)\.mlp\.fc1\.", r"\1.intermediate.dense."),
+    (r"^((vit|swin)\..*)\.mlp\.fc2\.", r"\1.output.dense."),
+)
 HEAD_KEYS = ((r"^classifier\.", "classifier/"), (r"^head\.(fc\.)?", "classifier/"))
 # Buffers (recomputed from the shapes) and parameter-free leftovers, not weights.
 IGNORED = re.compile(r"(relative_position_index|attn_mask)$|^(vit|swin)\.pooler\.")
@@ -108,6 +122,8 @@ def _rename(sd: Mapping[str, np.ndarray], table) -> dict[str, np.ndarray]:
   for key, value in sd.items():
     if IGNORED.search(key):
       continue
+    for pattern, repl in V5_NAMES:
+      key = re.sub(pattern, repl, key)
     for pattern, repl in (*table, *HEAD_KEYS):
       if re.search(pattern, key):
         out[re.sub(pattern, repl, key)] = np.asarray(value, np.float32)
