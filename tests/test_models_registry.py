@@ -6,7 +6,7 @@ import pytest
 
 from trady_jax import costs
 from trady_jax import models
-from trady_jax.models import registry, store
+from trady_jax.models import hub, registry, store
 
 
 def test_registry_lookup_and_download(tmp_path, monkeypatch):
@@ -18,7 +18,9 @@ def test_registry_lookup_and_download(tmp_path, monkeypatch):
   assert models.find_weights("mcunet-in1", tmp_path) is None
   with pytest.raises(KeyError, match="known"):
     models.load_model("resnet19")
-  assert set(store.TORCHVISION_URLS) | set(models.MCU_NETS) == set(models.NAMES)
+  assert set(store.TORCHVISION_URLS) | set(models.MCU_NETS) | set(hub.HUB_IDS) == set(
+      models.NAMES)
+  assert hub.find_checkpoint("swin-t", tmp_path) is None
   with pytest.warns(DeprecationWarning, match="trady_jax.models.load_model"):
     assert registry.load_model is models.load_model  # the loaders' former home still answers
   with pytest.raises(AttributeError):

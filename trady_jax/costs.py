@@ -237,10 +237,12 @@ def _linen_calls(model: nn.Module, x: jax.ShapeDtypeStruct,
   return calls, owners
 
 
-def trace(model, input_shape: Sequence[int] = (1, 128, 128, 3), *, input_dtype: Any = jnp.float32,
+def trace(model, input_shape: Sequence[int] | jax.ShapeDtypeStruct = (1, 128, 128, 3), *,
+          input_dtype: Any = jnp.float32,
           **apply_kwargs) -> NetworkCosts:
   """Costs of every ``SelectiveConv`` / ``SelectiveDense`` in ``model`` for inputs of ``input_shape``
-  (``input_dtype``: ``jnp.int32`` for a text model's token ids).
+  (``input_dtype``: ``jnp.int32`` for a text model's token ids), or of one
+  ``jax.ShapeDtypeStruct`` (``models.registry.example_input``).
 
   ``model``: a Linen module, or a Flax NNX module built from ``trady_jax.nnx_layers``. Only shapes
   are traced (``jax.eval_shape``): nothing is computed. Every other parameter must belong to a
@@ -259,7 +261,8 @@ def trace(model, input_shape: Sequence[int] = (1, 128, 128, 3), *, input_dtype: 
   Traceback (most recent call last):
   ValueError: stem/bias: a parameter of Conv 'stem', which the memory model cannot charge; ...
   """
-  x = jax.ShapeDtypeStruct(tuple(input_shape), input_dtype)
+  x = input_shape if isinstance(input_shape, jax.ShapeDtypeStruct) else jax.ShapeDtypeStruct(
+      tuple(input_shape), input_dtype)
   if isinstance(model, nnx.Module):
     from trady_jax import nnx_layers  # local: nnx_layers' cost needs only this dispatch
     calls, owners = nnx_layers.trace_calls(model, x, **apply_kwargs)

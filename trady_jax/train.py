@@ -25,6 +25,7 @@ from trady_jax import selection as sel
 from trady_jax import selector as selector_lib
 from trady_jax.config import Config, ConfigError
 from trady_jax.costs import trace
+from trady_jax.models.registry import example_input
 from trady_jax.report import records
 from trady_jax.sparse_update import sparse_update
 
@@ -57,7 +58,7 @@ class Run:
     if self.strategy.selects_outputs:  # NEq's images, out of the training split
       train_source, neq_source = velocity.held_out(train_source, seed=cfg.seed)
     self.train_source, self.test_source, self.batches = train_source, test_source, batches
-    self.costs = trace(model, (1, cfg.image_size, cfg.image_size, 3))
+    self.costs = trace(model, example_input(cfg.arch, cfg.image_size))
     root = jax.random.key(cfg.seed)
     self.sampler_key = jax.random.fold_in(root, 1)
     n = len(train_source) // cfg.batch_size

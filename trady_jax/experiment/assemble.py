@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from trady_jax import costs as costs_lib
-from trady_jax import paths, rankings, strategies, train, workdir as workdir_lib
+from trady_jax import models, paths, rankings, strategies, train, workdir as workdir_lib
 from trady_jax.config import Config, ConfigError
 from trady_jax.experiment.checks import check_scheme_budget
 from trady_jax.experiment.inputs import open_data
@@ -24,7 +24,8 @@ def default_workdir(cfg: Config) -> str:
 
 def ranking_of_this_network(cfg: Config, costs, key) -> rankings.Ranking:
   """The ranking of the network ``cfg`` loads when the shipped one is of other weights (e.g. the
-  fp32 model-zoo checkpoint a run downloads, where the shipped rankings are of the int8 copies).
+  fp32 model-zoo checkpoint a run downloads, where the shipped rankings are of the int8 copies),
+  or when none is shipped for the arch.
 
   The papers rank the network they fine-tune (TraDy App. D.5): this runs ``rank_layers`` once, a
   pass over the run's own training split at its lr and BN mode, says so, and caches the result in
@@ -34,9 +35,11 @@ def ranking_of_this_network(cfg: Config, costs, key) -> rankings.Ranking:
   path = (paths.cache_dir() / "rankings" /
           f"{cfg.arch}-{key['weights_sha256'] or 'random'}-{cfg.bn}.json")
   if not path.exists():
-    print(f"NOTE: the shipped ranking of {cfg.arch} is of other weights than "
-          f"{key['weights'] or 'these'}; ranking this network first (one pass over the training "
-          f"split, then cached in {path})", flush=True)
+    why = (f"the shipped ranking of {cfg.arch} is of other weights than "
+           f"{key['weights'] or 'these'}" if rankings.default_path(cfg.arch).exists() else
+           f"no layer ranking is shipped for {cfg.arch}")
+    print(f"NOTE: {why}; ranking this network first (one pass over the training split, then "
+          f"cached in {path})", flush=True)
     path.parent.mkdir(parents=True, exist_ok=True)
     rank_layers(cfg, out=path)
   doc = rankings.load(path, costs)
@@ -50,15 +53,14 @@ def build_run(cfg: Config, workdir: str | Path) -> train.Run:
   train_src, test_src, num_classes, where = open_data(cfg)
   net, pretrained = network_for(cfg, train_src, num_classes)
   model, params = net.module, net.params
-  costs = costs_lib.trace(model, (1, cfg.image_size, cfg.image_size, 3))
+  costs = costs_lib.trace(model, models.registry.example_input(cfg.arch, cfg.image_size))
   strategy = strategies.get(cfg.strategy)
   doc = load_ranking(cfg.arch, cfg.ranking, costs) if strategy.needs_ranking else None
-  if strategy.needs_ranking and doc is None:
-    raise ConfigError(f"strategy {cfg.strategy!r} needs a layer ranking for {cfg.arch}: run "
-                      f"`python experiments/rank_layers.py --arch {cfg.arch}` and pass --ranking")
   notes = []
-  if doc is not None:
-    key = rankings.network_key(net.weights, cfg.bn, net.random_init_layers)
+  key = rankings.network_key(net.weights, cfg.bn, net.random_init_layers)
+  if strategy.needs_ranking and doc is None:  # nothing shipped for this arch: rank it once
+    doc = ranking_of_this_network(cfg, costs, key)
+  elif doc is not None:
     try:
       source = f"the layer ranking {cfg.ranking or rankings.default_path(cfg.arch).name}"
       notes = rankings.check_network(doc, key, source=source)
@@ -80,7 +82,7 @@ def build_run(cfg: Config, workdir: str | Path) -> train.Run:
   print(f"training on {len(train_src)} images, {cfg.total_epochs()} epochs "
         f"({cfg.warmup_epochs} warm-up), lr {cfg.lr}, bn {cfg.bn}, weights "
         f"{net.weights or 'none (random init)'}; random-init layers: "
-        f"{', '.join(net.random_init_layers) or 'none'}", flush=True)
+        f"{'all' if not pretrained else ', '.join(net.random_init_layers) or 'none'}", flush=True)
 
   def batches(source, batch_size, *, train, seed, epoch):
     return data.batches(source, batch_size, train=train, seed=seed, epoch=epoch,

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from trady_jax import costs as costs_lib
-from trady_jax import models, rankings, strategies
+from trady_jax import models, strategies
 from trady_jax.config import ConfigError
 from trady_jax.models import schemes
 from trady_jax.paper import BUDGET_SCHEMES, BUDGETS
@@ -42,15 +42,12 @@ def check_config(cfg) -> None:
     raise ConfigError(f"--train-limit {cfg.train_limit} is less than one batch "
                       f"(--batch-size {cfg.batch_size})")
   strategy = strategies.get(cfg.strategy)
-  if strategy.needs_ranking and not (cfg.ranking or rankings.default_path(cfg.arch).exists()):
-    raise ConfigError(f"strategy {cfg.strategy!r} needs a layer ranking for {cfg.arch}: run "
-                      f"`python experiments/rank_layers.py --arch {cfg.arch}` and pass --ranking")
   if strategy.is_scheme:
     if cfg.arch not in schemes.SCHEMES:
       raise ConfigError(f"strategy 'su' needs a Sparse Update scheme; {cfg.arch} has none "
                         f"(known: {', '.join(schemes.SCHEMES)})")
     model = models.build_model(cfg.arch, 10)  # the classifier is in no scheme
-    net = costs_lib.trace(model, (1, cfg.image_size, cfg.image_size, 3))
+    net = costs_lib.trace(model, models.registry.example_input(cfg.arch, cfg.image_size))
     check_scheme_budget(cfg, net.usage(schemes.scheme_counts(cfg.arch, cfg.su_scheme, net))[
         "units"])
 

@@ -36,10 +36,11 @@ def load_network(arch: str, num_classes: int, *, bn: str = "folded", calibration
     try:
       return models.load_network(arch, num_classes, bn=bn, calibration=calibration,
                                  weights_dir=weights_dir or None, seed=seed,
-                                 download=download), True
-    except (FileNotFoundError, OSError) as e:
+                                 download=download, image_size=image_size), True
+    except (FileNotFoundError, OSError, ImportError) as e:
       print(f"WARNING: {e}\nWARNING: continuing with randomly initialised weights", flush=True)
-  return models.load_network(arch, num_classes, bn=bn, pretrained=False, seed=seed), False
+  return models.load_network(arch, num_classes, bn=bn, pretrained=False, seed=seed,
+                             image_size=image_size), False
 
 
 def network_for(cfg: Config, train_source, num_classes: int):

@@ -12,7 +12,7 @@ import optax
 from tqdm.auto import tqdm
 
 from trady_jax import costs as costs_lib
-from trady_jax import ranking, rankings
+from trady_jax import models, ranking, rankings
 from trady_jax import steps as steps_lib
 from trady_jax.config import Config, ConfigError
 from trady_jax.experiment.inputs import open_data
@@ -36,7 +36,7 @@ def rank_layers(cfg: Config, *, passes: int = 1, steps: int = 0,
   model, params = net.module, net.params
   bn_state = () if net.batch_stats is None else (net.batch_stats,)
   total = steps if steps > 0 else max(passes, 1) * (len(train_src) // cfg.batch_size)
-  c = costs_lib.trace(model, (1, cfg.image_size, cfg.image_size, 3))
+  c = costs_lib.trace(model, models.registry.example_input(cfg.arch, cfg.image_size))
   paths = [l.path for l in c.convs]
   warmup = max(total // 10, 1)
   schedule = optax.warmup_cosine_decay_schedule(0.0, cfg.lr, warmup, max(total, warmup + 1), 0.0)

@@ -12,6 +12,7 @@ naming the files.
 from __future__ import annotations
 
 import dataclasses
+import sys
 import warnings
 from pathlib import Path
 from typing import Iterable, NamedTuple
@@ -23,7 +24,7 @@ import numpy as np
 
 from trady_jax import batchnorm
 from trady_jax.models import calibration as calibration_lib
-from trady_jax.models import convert, mcunet, registry, store
+from trady_jax.models import convert, hub, mcunet, registry, store
 from trady_jax.models import params as params_lib
 from trady_jax.models.formats import files, int8, torchvision, zoo
 from trady_jax.models.registry import MCU_NETS
@@ -45,6 +46,26 @@ def _load_mcu(name: str, found: store.WeightFiles, feature_mix: bool | None,
     spec = dataclasses.replace(spec, feature_mix=None)
     params.pop("feature_mix")
   return spec, params
+
+
+def _load_transformer(name: str, num_classes: int, weights_dir, download: bool, seed: int,
+                      image_size: int) -> "Network":
+  """A transformer from its Hugging Face checkpoint folder (``hub``)."""
+  directory = hub.find_checkpoint(name, weights_dir)
+  if directory is None:
+    if not download:
+      raise FileNotFoundError(
+          f"no {name} checkpoint (config.json + model.safetensors / pytorch_model.bin) in "
+          f"{weights_dir or [str(d / name) for d in store.search_dirs(weights_dir)]}; pass "
+          f"download=True to fetch {hub.HUB_IDS[name]}, or use pretrained=False")
+    directory = hub.download_checkpoint(name)
+  print(f"trady_jax: {name}: loading the checkpoint in {directory}", file=sys.stderr, flush=True)
+  try:
+    module, params = hub.load_checkpoint(name, directory, num_classes, image_size=image_size,
+                                         seed=seed)
+  except (KeyError, TypeError, ValueError) as err:
+    raise ValueError(f"{name} checkpoint {directory}: {err}") from err
+  return Network(module, params, None, (), str(directory))
 
 
 class Network(NamedTuple):
@@ -73,7 +94,7 @@ def load_network(name: str, num_classes: int = 1000, *, bn: str = "folded",
                  calibration: Iterable[np.ndarray] | None = None, unit_variance: bool = True,
                  weights_dir: str | Path | None = None, feature_mix: bool | None = None,
                  pretrained: bool = True, source: str = "auto", imagenet_head: bool = False,
-                 download: bool = False, seed: int = 0) -> Network:
+                 download: bool = False, seed: int = 0, image_size: int = 224) -> Network:
   """A named network, pretrained unless ``pretrained=False``.
 
   Args:
@@ -93,14 +114,19 @@ def load_network(name: str, num_classes: int = 1000, *, bn: str = "folded",
     imagenet_head: keep the pretrained 1000-way classifier instead of a fresh one.
     download: fetch the public weights into the cache when none are found.
     seed: PRNG seed of the fresh layers.
+    image_size: the resolution a vision transformer runs at (its position embeddings and
+      windows; ``hub``). Transformers have no BatchNorm: ``bn`` does not apply to them.
   """
   registry.check_name(name)
   batchnorm.check_mode(bn)
   if not pretrained:
-    module = registry.build_model(name, num_classes, feature_mix=feature_mix is not False, bn=bn)
+    module = registry.build_model(name, num_classes, feature_mix=feature_mix is not False, bn=bn,
+                                  image_size=image_size)
     params = params_lib.init_params(module, seed)
     stats = params_lib.init_batch_stats(module) if bn != "folded" else None
     return Network(module, params, stats, tuple(params_lib.module_paths(params, "classifier")), "")
+  if name in registry.TRANSFORMERS:
+    return _load_transformer(name, num_classes, weights_dir, download, seed, image_size)
   found = store.find_weights(name, weights_dir, source)
   if found is None:
     if not download:

@@ -38,9 +38,18 @@ def _flat(tree: Any) -> dict[str, Any]:
   return {jax.tree_util.keystr(p, simple=True, separator="/"): v for p, v in leaves}
 
 
+def _example(module: nn.Module) -> jax.ShapeDtypeStruct:
+  """An input ``module`` accepts: token ids for a text model (its config has a vocabulary), an
+  image of the config's ``image_size`` for a vision transformer, else a 32x32 image."""
+  cfg = getattr(module, "config", None)
+  if hasattr(cfg, "vocab_size"):
+    return jax.ShapeDtypeStruct((1, 8), jnp.int32)
+  size = getattr(cfg, "image_size", 32)
+  return jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32)
+
+
 def _variable_shapes(module: nn.Module) -> dict:
-  x = jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32)
-  return jax.eval_shape(lambda x: module.init(jax.random.key(0), x), x)
+  return jax.eval_shape(lambda x: module.init(jax.random.key(0), x), _example(module))
 
 
 def param_shapes(module: nn.Module) -> dict:
@@ -50,7 +59,9 @@ def param_shapes(module: nn.Module) -> dict:
 
 def init_params(module: nn.Module, seed: int = 0) -> dict:
   """Fresh parameters: kernels LeCun-normal (truncated at 2 sigma, fan-in = all but the last axis,
-  as the layers' default initialiser), biases zero, BN scales one.
+  as the layers' default initialiser), embeddings and learned tensors (``layers.Embed`` /
+  ``Learned``) normal with standard deviation 0.02 truncated at 2 sigma (BERT's, ViT's), biases
+  zero, norm scales one.
 
   Drawn with numpy: XLA on CPU compiles one random kernel per distinct shape (about 0.5 s each).
   """
@@ -58,12 +69,13 @@ def init_params(module: nn.Module, seed: int = 0) -> dict:
 
   def draw(path, s):
     leaf = jax.tree_util.keystr(path[-1:], simple=True)
-    if leaf != "kernel":
+    if leaf not in ("kernel", "embedding", "value"):
       return (jnp.ones if leaf == "scale" else jnp.zeros)(s.shape, s.dtype)
     z = rng.standard_normal(s.shape)
     while (bad := np.abs(z) > 2).any():
       z[bad] = rng.standard_normal(int(bad.sum()))
-    std = np.sqrt(1.0 / np.prod(s.shape[:-1])) / 0.87962566103423978
+    std = (np.sqrt(1.0 / np.prod(s.shape[:-1])) / 0.87962566103423978 if leaf == "kernel"
+           else 0.02)
     return jnp.asarray(z * std, s.dtype)
 
   return jax.tree_util.tree_map_with_path(draw, param_shapes(module))
