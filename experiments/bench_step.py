@@ -274,4 +274,13 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-  main()
+  import sys
+  from trady_jax.models.registry import TRANSFORMERS
+  pre = argparse.ArgumentParser(add_help=False)
+  pre.add_argument("--arch")
+  if pre.parse_known_args()[0].arch in TRANSFORMERS:  # bert-base, swin-t, ...
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import bench_transformer
+    bench_transformer.main()
+  else:
+    main()

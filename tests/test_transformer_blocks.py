@@ -61,3 +61,27 @@ def test_selected_features_of_every_projection_get_dense_gradients_restricted():
     np.testing.assert_allclose(sparse[name]["kernel"][idx], dense[name]["kernel"][idx], rtol=1e-5,
                                atol=1e-6)
     assert not np.any(np.delete(np.asarray(sparse[name]["kernel"]), np.asarray(idx), axis=0))
+
+
+def _tiny_models():
+  from trady_jax.models.transformer import bert, swin, vit
+  ids = jnp.asarray(np.arange(16).reshape(2, 8) % 90 + 3, jnp.int32)
+  img = jax.random.normal(jax.random.key(0), (2, 32, 32, 3))
+  return [(bert.TextClassifier(bert.TextConfig(vocab_size=100, hidden=16, layers=2, heads=2,
+                                               intermediate=32, max_positions=32)), ids),
+          (vit.ViT(vit.ViTConfig(3, 16, 4, 16, 2, 2, 32)), img[:, :16, :16]),
+          (swin.Swin(swin.SwinConfig(3, 32, 4, 16, (2, 2), (2, 4), 4)), img)]
+
+
+@pytest.mark.parametrize("index", range(3), ids=["bert", "vit", "swin"])
+def test_models_recompute_their_mlps_exactly(index):
+  import dataclasses
+  model, x = _tiny_models()[index]
+  params = model.init(jax.random.key(1), x)["params"]
+  again = model.clone(config=dataclasses.replace(model.config, recompute_mlp=True))
+  f = lambda m: lambda p: jnp.sum(m.apply({"params": p}, x) ** 2)
+  for a, b in zip(jax.tree.leaves(jax.grad(f(model))(params)),
+                  jax.tree.leaves(jax.grad(f(again))(params))):
+    np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
+  kept = [xla.residual_bytes(f(m), params)["float_activations"] for m in (model, again)]
+  assert kept[1] < kept[0]

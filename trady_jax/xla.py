@@ -82,23 +82,34 @@ def interleaved_median_times(calls: dict[str, Callable], repeats: int = 5,
   return {k: statistics.median(v) for k, v in times.items()}
 
 
-def residual_bytes(loss, params) -> dict[str, int]:
-  """Bytes of what autodiff saves for ``loss``'s backward pass at ``params``, by kind: float
-  activations, bool masks, other. The residuals are the leaves of the function ``jax.vjp``
-  returns; those that are the arguments or constants (parameters, the batch) are already live,
-  not temp memory, and are left out."""
+def residual_bytes(loss, params, *, by: str = "dtype") -> dict[str, int]:
+  """Bytes of what autodiff saves for ``loss``'s backward pass at ``params``.
+
+  ``by='dtype'``: float activations, bool masks, other; ``by='producer'``: keyed by the name of
+  the primitive that computes each residual (``'reshape'``, ``'jit'``, ...). The residuals are
+  the leaves of the function ``jax.vjp`` returns; those that are the arguments or constants
+  (parameters, the batch) are already live, not temp memory, and are left out."""
   import jax
   import jax.numpy as jnp
   import numpy as np
+  if by not in ("dtype", "producer"):
+    raise ValueError(f"by={by!r}: use 'dtype' or 'producer'")
   closed = jax.make_jaxpr(lambda p: jax.tree.leaves(jax.vjp(loss, p)[1]))(params)
   live = set(closed.jaxpr.invars) | set(closed.jaxpr.constvars)
-  out = {"float_activations": 0, "bool_masks": 0, "other": 0}
+  for e in closed.jaxpr.eqns:  # stop_gradient of a live value (a frozen kernel) is that value
+    if e.primitive.name == "stop_gradient" and e.invars[0] in live:
+      live.update(e.outvars)
+  producer = {o: e.primitive.name for e in closed.jaxpr.eqns for o in e.outvars}
+  out = {"float_activations": 0, "bool_masks": 0, "other": 0} if by == "dtype" else {}
   for v in closed.jaxpr.outvars:
     if type(v).__name__ == "Literal" or v in live:  # a literal, an argument or a constant
       continue
     aval = v.aval
     n = int(np.prod(aval.shape)) * aval.dtype.itemsize
-    kind = ("bool_masks" if aval.dtype in (jnp.bool_, jnp.uint8) else
-            "float_activations" if jnp.issubdtype(aval.dtype, jnp.floating) else "other")
-    out[kind] += n
+    if by == "producer":
+      kind = producer.get(v, "?")
+    else:
+      kind = ("bool_masks" if aval.dtype in (jnp.bool_, jnp.uint8) else
+              "float_activations" if jnp.issubdtype(aval.dtype, jnp.floating) else "other")
+    out[kind] = out.get(kind, 0) + n
   return out

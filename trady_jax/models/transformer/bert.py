@@ -44,6 +44,8 @@ class TextConfig:
     sep_token_id: the separator ending the first segment (BERT's segment ids).
     flavor: ``'bert'`` (positions ``arange(T)``) or ``'roberta'`` (positions after the padding id).
     num_classes: outputs of the classifier.
+    recompute_mlp: ``MLP.recompute``: keep each MLP's input and recompute ``gelu(fc1(x))`` in the
+      backward pass instead of keeping the ``intermediate``-wide GELU input (exact).
   """
   vocab_size: int = 30522
   hidden: int = 768
@@ -57,6 +59,7 @@ class TextConfig:
   sep_token_id: int = 102
   flavor: Literal["bert", "roberta"] = "bert"
   num_classes: int = 2
+  recompute_mlp: bool = False
 
   def __post_init__(self):
     if self.flavor not in ("bert", "roberta"):
@@ -125,7 +128,7 @@ class EncoderLayer(nn.Module):
     x = LayerNorm(cfg.layer_norm_eps, name="attention_norm")(
         x + SelfAttention(cfg.heads, name="attention")(x, bias))
     return LayerNorm(cfg.layer_norm_eps, name="mlp_norm")(
-        x + MLP(cfg.intermediate, name="mlp")(x))
+        x + MLP(cfg.intermediate, recompute=cfg.recompute_mlp, name="mlp")(x))
 
 
 class ClassificationHead(nn.Module):

@@ -48,6 +48,7 @@ class SwinConfig:
     mlp_ratio: MLP hidden width over the block width.
     layer_norm_eps: epsilon of the block and final norms.
     fused_qkv: one ``qkv`` projection (the block input stored once, timm's layout).
+    recompute_mlp: ``MLP.recompute`` in every block (exact; less kept for the backward pass).
   """
   num_classes: int
   image_size: int = 224
@@ -59,6 +60,7 @@ class SwinConfig:
   mlp_ratio: float = 4.0
   layer_norm_eps: float = 1e-5
   fused_qkv: bool = True
+  recompute_mlp: bool = False
 
   def stage_windows(self) -> tuple[int, ...]:
     """The window side each stage uses at ``image_size`` (shrunk to small feature maps)."""
@@ -120,6 +122,7 @@ class SwinBlock(nn.Module):
   mlp_hidden: int
   epsilon: float
   fused_qkv: bool = True
+  recompute_mlp: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -139,7 +142,8 @@ class SwinBlock(nn.Module):
     if s:
       y = jnp.roll(y, (s, s), axis=(1, 2))
     x = x + y[:, :h, :w]
-    return x + MLP(self.mlp_hidden, name="mlp")(layers.LayerNorm(self.epsilon, name="mlp_norm")(x))
+    mlp = MLP(self.mlp_hidden, recompute=self.recompute_mlp, name="mlp")
+    return x + mlp(layers.LayerNorm(self.epsilon, name="mlp_norm")(x))
 
 
 class PatchMerging(nn.Module):
@@ -170,7 +174,8 @@ class Swin(nn.Module):
       for j in range(depth):
         window, shift = window_and_shift(x.shape[1], x.shape[2], cfg.window_size)
         x = SwinBlock(heads, window, shift if j % 2 else 0, int(cfg.mlp_ratio * x.shape[-1]),
-                      cfg.layer_norm_eps, cfg.fused_qkv, name=f"stage_{i}_block_{j}")(x)
+                      cfg.layer_norm_eps, cfg.fused_qkv, cfg.recompute_mlp,
+                      name=f"stage_{i}_block_{j}")(x)
       if i < len(cfg.depths) - 1:
         x = PatchMerging(name=f"merge_{i}")(x)
     x = layers.LayerNorm(cfg.layer_norm_eps, name="final_norm")(x)

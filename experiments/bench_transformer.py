@@ -1,0 +1,186 @@
+"""A transformer's training step measured: full / masked / trady temp memory, FLOPs and time, and
+what the trady step keeps for its backward pass, by kind (``bench_step.py`` runs this for the
+transformer names).
+
+    python experiments/bench_step.py --arch bert-base --batch 32 [--size 128] [--json]
+    python experiments/bench_step.py --arch swin-t --batch 32 [--size 224] [--json]
+
+* ``full``: full fine-tuning (``jax.grad`` of every parameter + SGD);
+* ``masked``: full backward, then the gradients times the channel masks (the reference code);
+* ``trady``: the selective layers with a TraDy selection at ``--budget`` (default: the papers'
+  smallest proportional budget), uniform over the top-K layers holding 97 % of the layer RGN;
+* ``full_recompute`` / ``trady_recompute``: the same with ``MLP.recompute`` (``gelu(fc1(x))``
+  recomputed from ``x`` in the backward pass).
+
+The network is randomly initialised (memory and FLOPs do not depend on the weights) and the RGN
+ranking is computed on the spot from ``--rank-steps`` generated batches: a ranking of a
+random-init network, printed as such. Memory is XLA's ``memory_analysis().temp_size_in_bytes`` of
+the compiled step, FLOPs its ``cost_analysis()['flops']``, time the median of ``--repeats``
+calls (``--repeats 0``: compile only). The trady step's saved residuals (``xla.residual_bytes``
+by producer) are grouped into: selected inputs (the budget's activations), q / k / v, GELU
+inputs (MLP inputs when recomputed), LayerNorm ``x_hat`` and ``1 / sigma``, and the rest.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from trady_jax import costs as costs_lib
+from trady_jax import paper, ranking, samplers, sparse_update, steps, xla
+from trady_jax import selection as sel
+from trady_jax.models import registry
+
+MiB = 2**20
+# Producer primitive of a saved residual -> what it is in these models (see the docstring): the
+# gathered inputs of the selected features, q / k / v split into heads, the biased fc1 output
+# (GELU's input; with MLP.recompute the MLP's input instead), LayerNorm's normalised input and
+# inverse deviation.
+KINDS = {"jit": "selected inputs", "reshape": "q, k, v", "add": "GELU (or recomputed MLP) inputs",
+         "mul": "LayerNorm x_hat", "rsqrt": "LayerNorm 1/sigma"}
+
+
+def generated_batch(arch: str, model, batch: int, size: int, seed: int = 0) -> dict:
+  """Token ids (no padding, ``[CLS] ... [SEP] ... [SEP]``) or images, and labels."""
+  rng = np.random.default_rng(seed)
+  classes = 2 if arch in registry.TEXT else 10
+  if arch in registry.TEXT:
+    cfg = model.config
+    ids = rng.integers(1000, cfg.vocab_size, (batch, size))
+    ids[:, 0], ids[:, size // 2], ids[:, -1] = 0 if cfg.flavor == "roberta" else 101, \
+        cfg.sep_token_id, cfg.sep_token_id
+    x = jnp.asarray(ids, jnp.int32)
+  else:
+    x = jnp.asarray(rng.normal(size=(batch, size, size, 3)), jnp.float32)
+  return {"image": x, "label": jnp.asarray(rng.integers(0, classes, batch), jnp.int32)}
+
+
+def with_recompute(model):
+  """The same network with ``MLP.recompute`` on."""
+  return model.clone(config=dataclasses.replace(model.config, recompute_mlp=True))
+
+
+def top_k_pool(model, params, costs, batches, share: float) -> list[str]:
+  """TraDy's layers: RGN (Eq. 6-8) summed over ``batches``, top-K holding ``share``."""
+  grad = jax.jit(jax.grad(lambda p, b: steps.cross_entropy(model.apply({"params": p}, b["image"]),
+                                                           b["label"])))
+  state = ranking.init(costs)
+  for b in batches:
+    state = ranking.accumulate(state, grad(params, b), costs)
+  return ranking.top_k_share(ranking.layer_rgn(state["channel"], costs), share)
+
+
+def saved_by_kind(model, params, selection, batch) -> dict[str, int]:
+  """Bytes the trady step's backward pass keeps, by kind (``KINDS``)."""
+  loss = lambda p: steps.cross_entropy(
+      model.apply({"params": p, "selection": selection}, batch["image"]), batch["label"])
+  by_producer = xla.residual_bytes(loss, params, by="producer")
+  out: dict[str, int] = {}
+  for producer, n in by_producer.items():
+    kind = KINDS.get(producer, "other")
+    out[kind] = out.get(kind, 0) + n
+  return out
+
+
+def main(argv=None) -> dict:
+  ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+  ap.add_argument("--arch", required=True, choices=list(registry.TRANSFORMERS))
+  ap.add_argument("--budget", type=int, default=None,
+                  help="B_mem in units (default: the papers' smallest proportional budget)")
+  ap.add_argument("--batch", type=int, default=paper.BATCH_SIZE)
+  ap.add_argument("--size", type=int, default=None,
+                  help="tokens (text, default 128) or image side (default 224)")
+  ap.add_argument("--rank-steps", type=int, default=2)
+  ap.add_argument("--rank-batch", type=int, default=4)
+  ap.add_argument("--share", type=float, default=paper.TOPK_SHARE)
+  ap.add_argument("--repeats", type=int, default=1, help="timed calls per step; 0: compile only")
+  ap.add_argument("--cases", default="full,masked,trady,full_recompute,trady_recompute",
+                  help="comma list of the steps to measure (full is always measured)")
+  ap.add_argument("--json", action="store_true", help="print one JSON object on the last line")
+  args = ap.parse_args(argv)
+  text = args.arch in registry.TEXT
+  size = args.size or (128 if text else 224)
+  budget = args.budget if args.budget is not None else paper.budgets(args.arch)[2]
+  model = registry.build_model(args.arch, 2 if text else 10, image_size=size)
+  batch = generated_batch(args.arch, model, args.batch, size)
+  params = jax.jit(model.init)(jax.random.key(0), batch["image"][:1])["params"]
+  x = registry.example_input(args.arch, size)
+  costs = costs_lib.trace(model, x.shape, input_dtype=x.dtype)
+  rank_batches = [generated_batch(args.arch, model, args.rank_batch, size, seed=1 + i)
+                  for i in range(args.rank_steps)]
+  pool = top_k_pool(model, params, costs, rank_batches, args.share)
+  print(f"{args.arch}: {len(costs.charged)} charged layers; ranking of the random-init network on "
+        f"{args.rank_steps} generated batches: top-K {len(pool)} layers hold {args.share:.0%} RGN")
+  sampler = samplers.uniform(params, costs, budget, pool, allocation="fixed")
+  selection = jax.jit(sampler.sample)(jax.random.key(0))
+  usage = costs.usage(sel.counts(selection))
+
+  sgd = optax.sgd(0.01)
+  sparse = optax.chain(sparse_update(), optax.sgd(0.01))
+  masks = jax.tree.map(lambda m, p: jnp.broadcast_to(m, p.shape).astype(p.dtype),
+                       sel.mask_tree(selection, params), params)
+
+  def masked_step(params, opt_state, masks, batch):
+    loss = lambda p: steps.cross_entropy(model.apply({"params": p}, batch["image"]), batch["label"])
+    grads = jax.tree.map(jnp.multiply, jax.grad(loss)(params), masks)
+    updates, opt_state = sgd.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state
+
+  recomputed = with_recompute(model)
+  cases = {"full": (steps.make_train_step(model, sgd, prefix_chunks=1), sgd, None),
+           "masked": (masked_step, sgd, masks),
+           "trady": (steps.make_train_step(model, sparse, prefix_chunks=1), sparse, selection),
+           "full_recompute": (steps.make_train_step(recomputed, sgd, prefix_chunks=1), sgd, None),
+           "trady_recompute": (steps.make_train_step(recomputed, sparse, prefix_chunks=1), sparse,
+                               selection)}
+  wanted = {"full", *args.cases.split(",")}
+  if unknown := wanted - set(cases):
+    ap.error(f"unknown --cases {sorted(unknown)}; known: {sorted(cases)}")
+  cases = {k: v for k, v in cases.items() if k in wanted}
+  report = {"arch": args.arch, "size": size, "batch": args.batch, "budget": budget,
+            "ranking": "random-init network, generated batches", "topk_layers": len(pool),
+            "budget_units_used": usage["units"], "selected_activation_units": usage["activations"],
+            "activation_sparsity": usage["activation_sparsity"],
+            "flops_saved_dW": usage["flops_saved"]}
+  for name, (fn, tx, s) in cases.items():
+    call = (params, tx.init(params), s, batch)
+    jitted = jax.jit(fn)
+    stats = xla.compiled_stats(jitted, *call)
+    entry = {"temp_bytes": stats["temp_bytes"], "flops": stats["flops"]}
+    if args.repeats:
+      entry["step_s"] = xla.median_time(jitted, *call, repeats=args.repeats, warmup=1)
+    report[name] = entry
+    print(f"{name:>16}: temp {entry['temp_bytes'] / MiB:9.1f} MiB  flops {entry['flops']:.3e}"
+          + (f"  step {entry['step_s']:.2f} s" if "step_s" in entry else ""), flush=True)
+  for name, m in (("trady", model), ("trady_recompute", recomputed)):
+    if name not in cases:
+      continue
+    kinds = saved_by_kind(m, params, selection, batch)
+    report[name]["saved_by_kind"] = kinds
+    print(f"{name} keeps for its backward: " + ", ".join(
+        f"{k} {v / MiB:.1f} MiB" for k, v in sorted(kinds.items(), key=lambda kv: -kv[1])))
+  full = report["full"]
+  report["ratios"] = {f"{k}_over_full_{q}": report[k][f] / full[f]
+                      for k in cases if k != "full"
+                      for q, f in (("temp", "temp_bytes"), ("flops", "flops"))}
+  if args.repeats:
+    report["ratios"].update({f"{k}_over_full_time": report[k]["step_s"] / full["step_s"]
+                             for k in cases if k != "full"})
+  print(f"budget {budget:,} units ({usage['units']:,} used; selected activations "
+        f"{usage['activations']:,} per sample = {usage['activations'] * 4 * args.batch / MiB:.1f} "
+        f"MiB at batch {args.batch})")
+  for k, v in report["ratios"].items():
+    print(f"{k:>36}: {v:.3f}")
+  if args.json:
+    print(json.dumps(report))
+  return report
+
+
+if __name__ == "__main__":
+  main()
