@@ -33,7 +33,7 @@ import numpy as np
 import optax
 
 from trady_jax import costs as costs_lib
-from trady_jax import paper, ranking, samplers, sparse_update, steps, xla
+from trady_jax import paper, ranking, rankings, samplers, sparse_update, steps, xla
 from trady_jax import selection as sel
 from trady_jax.models import registry
 
@@ -96,6 +96,8 @@ def main(argv=None) -> dict:
   ap.add_argument("--batch", type=int, default=paper.BATCH_SIZE)
   ap.add_argument("--size", type=int, default=None,
                   help="tokens (text, default 128) or image side (default 224)")
+  ap.add_argument("--ranking", default="",
+                  help="a ranking JSON (rank_layers.py) instead of ranking on the spot")
   ap.add_argument("--rank-steps", type=int, default=2)
   ap.add_argument("--rank-batch", type=int, default=4)
   ap.add_argument("--share", type=float, default=paper.TOPK_SHARE)
@@ -112,11 +114,17 @@ def main(argv=None) -> dict:
   params = jax.jit(model.init)(jax.random.key(0), batch["image"][:1])["params"]
   x = registry.example_input(args.arch, size)
   costs = costs_lib.trace(model, x.shape, input_dtype=x.dtype)
-  rank_batches = [generated_batch(args.arch, model, args.rank_batch, size, seed=1 + i)
-                  for i in range(args.rank_steps)]
-  pool = top_k_pool(model, params, costs, rank_batches, args.share)
-  print(f"{args.arch}: {len(costs.charged)} charged layers; ranking of the random-init network on "
-        f"{args.rank_steps} generated batches: top-K {len(pool)} layers hold {args.share:.0%} RGN")
+  if args.ranking:
+    pool = rankings.load(args.ranking, costs).top_k_share(args.share)
+    source = f"ranking {args.ranking}"
+  else:
+    rank_batches = [generated_batch(args.arch, model, args.rank_batch, size, seed=1 + i)
+                    for i in range(args.rank_steps)]
+    pool = top_k_pool(model, params, costs, rank_batches, args.share)
+    source = f"ranking of the random-init network on {args.rank_steps} generated batches"
+  first = min(costs[p].index for p in pool)
+  print(f"{args.arch}: {len(costs.charged)} charged layers; {source}: top-K {len(pool)} layers "
+        f"hold {args.share:.0%} RGN; the shallowest is {costs.charged[first].path} (#{first})")
   sampler = samplers.uniform(params, costs, budget, pool, allocation="fixed")
   selection = jax.jit(sampler.sample)(jax.random.key(0))
   usage = costs.usage(sel.counts(selection))
@@ -144,7 +152,7 @@ def main(argv=None) -> dict:
     ap.error(f"unknown --cases {sorted(unknown)}; known: {sorted(cases)}")
   cases = {k: v for k, v in cases.items() if k in wanted}
   report = {"arch": args.arch, "size": size, "batch": args.batch, "budget": budget,
-            "ranking": "random-init network, generated batches", "topk_layers": len(pool),
+            "ranking": source, "topk_layers": len(pool), "shallowest_selected": first,
             "budget_units_used": usage["units"], "selected_activation_units": usage["activations"],
             "activation_sparsity": usage["activation_sparsity"],
             "flops_saved_dW": usage["flops_saved"]}
