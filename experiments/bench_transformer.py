@@ -16,8 +16,9 @@ The network is randomly initialised (memory and FLOPs do not depend on the weigh
 ranking is computed on the spot from ``--rank-steps`` generated batches: a ranking of a
 random-init network, printed as such. Memory is XLA's ``memory_analysis().temp_size_in_bytes`` of
 the compiled step, FLOPs its ``cost_analysis()['flops']``, time the median of ``--repeats``
-calls (``--repeats 0``: compile only). The trady step's saved residuals (``xla.residual_bytes``
-by producer) are grouped into: selected inputs (the budget's activations), q / k / v, GELU
+calls (``--repeats 0``: compile only). Beside XLA's temp, ``saved``: what autodiff keeps for the
+backward pass (``xla.residual_bytes`` by producer; on XLA's CPU backend the temp memory does not
+follow it, see the README), grouped into: selected inputs (the budget's activations), q / k / v, GELU
 inputs (MLP inputs when recomputed), LayerNorm ``x_hat`` and ``1 / sigma``, and the rest.
 """
 
@@ -77,9 +78,11 @@ def top_k_pool(model, params, costs, batches, share: float) -> list[str]:
 
 
 def saved_by_kind(model, params, selection, batch) -> dict[str, int]:
-  """Bytes the trady step's backward pass keeps, by kind (``KINDS``)."""
-  loss = lambda p: steps.cross_entropy(
-      model.apply({"params": p, "selection": selection}, batch["image"]), batch["label"])
+  """Bytes a step's backward pass keeps (what autodiff saves), by kind (``KINDS``);
+  ``selection=None``: full fine-tuning."""
+  variables = lambda p: {"params": p} if selection is None else {"params": p,
+                                                                  "selection": selection}
+  loss = lambda p: steps.cross_entropy(model.apply(variables(p), batch["image"]), batch["label"])
   by_producer = xla.residual_bytes(loss, params, by="producer")
   out: dict[str, int] = {}
   for producer, n in by_producer.items():
@@ -166,17 +169,21 @@ def main(argv=None) -> dict:
     report[name] = entry
     print(f"{name:>16}: temp {entry['temp_bytes'] / MiB:9.1f} MiB  flops {entry['flops']:.3e}"
           + (f"  step {entry['step_s']:.2f} s" if "step_s" in entry else ""), flush=True)
-  for name, m in (("trady", model), ("trady_recompute", recomputed)):
-    if name not in cases:
+  for name in cases:
+    if name == "masked":  # the full backward pass: what full fine-tuning keeps
       continue
-    kinds = saved_by_kind(m, params, selection, batch)
+    m, s = (recomputed if name.endswith("recompute") else model,
+            None if name.startswith("full") else selection)
+    kinds = saved_by_kind(m, params, s, batch)
     report[name]["saved_by_kind"] = kinds
-    print(f"{name} keeps for its backward: " + ", ".join(
-        f"{k} {v / MiB:.1f} MiB" for k, v in sorted(kinds.items(), key=lambda kv: -kv[1])))
+    report[name]["saved_bytes"] = sum(kinds.values())
+    print(f"{name} keeps for its backward {sum(kinds.values()) / MiB:.1f} MiB: " + ", ".join(
+        f"{k} {v / MiB:.1f}" for k, v in sorted(kinds.items(), key=lambda kv: -kv[1])))
   full = report["full"]
   report["ratios"] = {f"{k}_over_full_{q}": report[k][f] / full[f]
                       for k in cases if k != "full"
-                      for q, f in (("temp", "temp_bytes"), ("flops", "flops"))}
+                      for q, f in (("temp", "temp_bytes"), ("flops", "flops"),
+                                   ("saved", "saved_bytes")) if f in report[k]}
   if args.repeats:
     report["ratios"].update({f"{k}_over_full_time": report[k]["step_s"] / full["step_s"]
                              for k in cases if k != "full"})

@@ -163,13 +163,14 @@ class NEq:
 
   @property
   def images(self) -> jax.Array:
-    if self._x is None:
-      self._x = jnp.asarray(self._images(), jnp.float32)
+    if self._x is None:  # images as float32; a text model's token ids as they are
+      x = jnp.asarray(self._images())
+      self._x = x if jnp.issubdtype(x.dtype, jnp.integer) else x.astype(jnp.float32)
     return self._x
 
   def init_state(self) -> dict:
     shapes = jax.eval_shape(lambda v, x: normalized_outputs(self.model, v, x), self.template,
-                            jax.ShapeDtypeStruct(self.images.shape, jnp.float32))
+                            jax.ShapeDtypeStruct(self.images.shape, self.images.dtype))
     return init_state(self.paths, {p: s.shape for p, s in shapes.items()})
 
   def observe(self, state: dict, variables: PyTree) -> dict:

@@ -17,7 +17,6 @@ the model (``jax.eval_shape`` of its init).
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 from typing import Any, Mapping
