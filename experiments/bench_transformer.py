@@ -64,7 +64,7 @@ def generated_batch(arch: str, model, batch: int, size: int, seed: int = 0) -> d
 
 def with_recompute(model):
   """The same network with ``MLP.recompute`` on."""
-  return model.clone(config=dataclasses.replace(model.config, recompute_mlp=True))
+  return model.clone(config=dataclasses.replace(model.config, recompute=True))
 
 
 def top_k_pool(model, params, costs, batches, share: float) -> list[str]:

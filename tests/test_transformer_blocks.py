@@ -23,7 +23,9 @@ def _grads_and_residuals(module, *args):
     (SelfAttention(4, recompute_softmax=False), SelfAttention(4), (padding_bias(_MASK),)),
     (SelfAttention(4, fused_qkv=True, recompute_softmax=False), SelfAttention(4, fused_qkv=True),
      ()),
-    (MLP(32), MLP(32, recompute=True), ())])
+    (MLP(32), MLP(32, recompute=True), ()),
+    (SelfAttention(4), SelfAttention(4, recompute=True), (padding_bias(_MASK),)),
+    (SelfAttention(4, fused_qkv=True), SelfAttention(4, fused_qkv=True, recompute=True), ())])
 def test_recomputation_is_exact_and_keeps_less(plain, recomputed, args):
   (g0, r0), (g1, r1) = _grads_and_residuals(plain, *args), _grads_and_residuals(recomputed, *args)
   for a, b in zip(jax.tree.leaves(g0), jax.tree.leaves(g1)):
@@ -47,8 +49,9 @@ def test_padding_is_masked_out():
   np.testing.assert_allclose(m.apply(p, x2, padding_bias(_MASK))[0, :4], y[0, :4], atol=1e-5)
 
 
-def test_selected_features_of_every_projection_get_dense_gradients_restricted():
-  m = SelfAttention(4)
+@pytest.mark.parametrize("recompute", [False, True])
+def test_selected_features_of_every_projection_get_dense_gradients_restricted(recompute):
+  m = SelfAttention(4, recompute=recompute)
   params = m.init(jax.random.key(1), _X)["params"]
   c = costs.trace(m, (1, 6, 16))
   assert [l.path for l in c.charged] == ["query/kernel", "key/kernel", "value/kernel", "out/kernel"]
@@ -74,14 +77,26 @@ def _tiny_models():
 
 
 @pytest.mark.parametrize("index", range(3), ids=["bert", "vit", "swin"])
-def test_models_recompute_their_mlps_exactly(index):
+def test_models_recompute_their_projections_exactly(index):
   import dataclasses
   model, x = _tiny_models()[index]
   params = model.init(jax.random.key(1), x)["params"]
-  again = model.clone(config=dataclasses.replace(model.config, recompute_mlp=True))
+  again = model.clone(config=dataclasses.replace(model.config, recompute=True))
   f = lambda m: lambda p: jnp.sum(m.apply({"params": p}, x) ** 2)
   for a, b in zip(jax.tree.leaves(jax.grad(f(model))(params)),
                   jax.tree.leaves(jax.grad(f(again))(params))):
     np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
   kept = [xla.residual_bytes(f(m), params)["float_activations"] for m in (model, again)]
   assert kept[1] < kept[0]
+
+
+def test_recomputed_mlp_keeps_the_selection_of_fc1():
+  plain, again = MLP(32), MLP(32, recompute=True)
+  params = plain.init(jax.random.key(1), _X)["params"]
+  s = sel.build(params, {"fc1/kernel": sel.Channels(jnp.array([1, 4, 9]), axis=-2)})
+  f = lambda m: lambda p: jnp.sum(jnp.tanh(m.apply({"params": p, "selection": s}, _X)))
+  g0, g1 = jax.grad(f(plain))(params), jax.grad(f(again))(params)
+  for a, b in zip(jax.tree.leaves(g0), jax.tree.leaves(g1)):
+    np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+  assert np.count_nonzero(np.abs(g1["fc1"]["kernel"]).sum(1)) == 3
+  assert not np.any(g1["fc2"]["kernel"])  # frozen

@@ -218,11 +218,15 @@ def check_accounted(calls: Sequence[LayerCall], owners: Mapping[str, Any],
 def _linen_calls(model: nn.Module, x: jax.ShapeDtypeStruct,
                  **apply_kwargs) -> tuple[list[LayerCall], dict[str, Any]]:
   """Selective layer calls and parameter owners of a Linen model (``jax.eval_shape`` of init)."""
-  calls, modules = [], {}
+  calls, modules, roots = [], {}, []
 
   def interceptor(next_fun, args, kwargs, context):
-    out = next_fun(*args, **kwargs)
     m = context.module
+    if not roots:  # the first call intercepted is the model's own
+      roots.append(m.scope.root)
+    out = next_fun(*args, **kwargs)
+    if m.scope.root is not roots[0]:  # a layer applied apart (a recomputation), not the model's
+      return out
     modules["/".join(m.path)] = m
     if context.method_name == "__call__" and isinstance(
         m, (layers.SelectiveConv, layers.SelectiveDense)):

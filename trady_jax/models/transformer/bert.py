@@ -44,8 +44,8 @@ class TextConfig:
     sep_token_id: the separator ending the first segment (BERT's segment ids).
     flavor: ``'bert'`` (positions ``arange(T)``) or ``'roberta'`` (positions after the padding id).
     num_classes: outputs of the classifier.
-    recompute_mlp: ``MLP.recompute``: keep each MLP's input and recompute ``gelu(fc1(x))`` in the
-      backward pass instead of keeping the ``intermediate``-wide GELU input (exact).
+    recompute: every block's attention and MLP recompute their projections in the backward pass
+      (``SelfAttention.recompute``, ``MLP.recompute``: exact; less kept, more FLOPs).
   """
   vocab_size: int = 30522
   hidden: int = 768
@@ -59,7 +59,7 @@ class TextConfig:
   sep_token_id: int = 102
   flavor: Literal["bert", "roberta"] = "bert"
   num_classes: int = 2
-  recompute_mlp: bool = False
+  recompute: bool = False
 
   def __post_init__(self):
     if self.flavor not in ("bert", "roberta"):
@@ -126,9 +126,9 @@ class EncoderLayer(nn.Module):
   def __call__(self, x: jax.Array, bias: jax.Array) -> jax.Array:
     cfg = self.config
     x = LayerNorm(cfg.layer_norm_eps, name="attention_norm")(
-        x + SelfAttention(cfg.heads, name="attention")(x, bias))
+        x + SelfAttention(cfg.heads, recompute=cfg.recompute, name="attention")(x, bias))
     return LayerNorm(cfg.layer_norm_eps, name="mlp_norm")(
-        x + MLP(cfg.intermediate, recompute=cfg.recompute_mlp, name="mlp")(x))
+        x + MLP(cfg.intermediate, recompute=cfg.recompute, name="mlp")(x))
 
 
 class ClassificationHead(nn.Module):

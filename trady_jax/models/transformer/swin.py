@@ -48,7 +48,8 @@ class SwinConfig:
     mlp_ratio: MLP hidden width over the block width.
     layer_norm_eps: epsilon of the block and final norms.
     fused_qkv: one ``qkv`` projection (the block input stored once, timm's layout).
-    recompute_mlp: ``MLP.recompute`` in every block (exact; less kept for the backward pass).
+    recompute: every block's attention and MLP recompute their projections in the backward pass
+      (``SelfAttention.recompute``, ``MLP.recompute``: exact; less kept, more FLOPs).
   """
   num_classes: int
   image_size: int = 224
@@ -60,7 +61,7 @@ class SwinConfig:
   mlp_ratio: float = 4.0
   layer_norm_eps: float = 1e-5
   fused_qkv: bool = True
-  recompute_mlp: bool = False
+  recompute: bool = False
 
   def stage_windows(self) -> tuple[int, ...]:
     """The window side each stage uses at ``image_size`` (shrunk to small feature maps)."""
@@ -122,7 +123,7 @@ class SwinBlock(nn.Module):
   mlp_hidden: int
   epsilon: float
   fused_qkv: bool = True
-  recompute_mlp: bool = False
+  recompute: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -137,12 +138,13 @@ class SwinBlock(nn.Module):
     bias = jnp.transpose(table[relative_position_index(ws)], (2, 0, 1))  # (heads, T, T)
     if s:
       bias = bias + shifted_window_mask(h + ph, w + pw, ws, s)
-    y = SelfAttention(self.num_heads, self.fused_qkv, name="attn")(partition(y, ws), bias)
+    attention = SelfAttention(self.num_heads, self.fused_qkv, recompute=self.recompute, name="attn")
+    y = attention(partition(y, ws), bias)
     y = unpartition(y, ws, h + ph, w + pw)
     if s:
       y = jnp.roll(y, (s, s), axis=(1, 2))
     x = x + y[:, :h, :w]
-    mlp = MLP(self.mlp_hidden, recompute=self.recompute_mlp, name="mlp")
+    mlp = MLP(self.mlp_hidden, recompute=self.recompute, name="mlp")
     return x + mlp(layers.LayerNorm(self.epsilon, name="mlp_norm")(x))
 
 
@@ -174,7 +176,7 @@ class Swin(nn.Module):
       for j in range(depth):
         window, shift = window_and_shift(x.shape[1], x.shape[2], cfg.window_size)
         x = SwinBlock(heads, window, shift if j % 2 else 0, int(cfg.mlp_ratio * x.shape[-1]),
-                      cfg.layer_norm_eps, cfg.fused_qkv, cfg.recompute_mlp,
+                      cfg.layer_norm_eps, cfg.fused_qkv, cfg.recompute,
                       name=f"stage_{i}_block_{j}")(x)
       if i < len(cfg.depths) - 1:
         x = PatchMerging(name=f"merge_{i}")(x)

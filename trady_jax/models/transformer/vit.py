@@ -36,7 +36,8 @@ class ViTConfig:
     mlp_hidden: hidden width of each block's MLP.
     layer_norm_eps: 1e-12 in Hugging Face's checkpoints, 1e-6 in timm's.
     fused_qkv: one ``qkv`` projection (the block input stored once, timm's layout).
-    recompute_mlp: ``MLP.recompute`` in every block (exact; less kept for the backward pass).
+    recompute: every block's attention and MLP recompute their projections in the backward pass
+      (``SelfAttention.recompute``, ``MLP.recompute``: exact; less kept, more FLOPs).
   """
   num_classes: int
   image_size: int = 224
@@ -47,7 +48,7 @@ class ViTConfig:
   mlp_hidden: int = 3072
   layer_norm_eps: float = 1e-12
   fused_qkv: bool = True
-  recompute_mlp: bool = False
+  recompute: bool = False
 
   @property
   def grid(self) -> int:
@@ -61,14 +62,14 @@ class ViTBlock(nn.Module):
   mlp_hidden: int
   epsilon: float
   fused_qkv: bool = True
-  recompute_mlp: bool = False
+  recompute: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     h = layers.LayerNorm(self.epsilon, name="attn_norm")(x)
-    x = x + SelfAttention(self.num_heads, self.fused_qkv, name="attn")(h)
+    x = x + SelfAttention(self.num_heads, self.fused_qkv, recompute=self.recompute, name="attn")(h)
     h = layers.LayerNorm(self.epsilon, name="mlp_norm")(x)
-    return x + MLP(self.mlp_hidden, recompute=self.recompute_mlp, name="mlp")(h)
+    return x + MLP(self.mlp_hidden, recompute=self.recompute, name="mlp")(h)
 
 
 class ViT(nn.Module):
@@ -90,7 +91,7 @@ class ViT(nn.Module):
     x = x + layers.Learned((1, 1 + gh * gw, c), name="pos_embed")()
     for i in range(cfg.depth):
       x = ViTBlock(cfg.num_heads, cfg.mlp_hidden, cfg.layer_norm_eps, cfg.fused_qkv,
-                   cfg.recompute_mlp, name=f"block_{i}")(x)
+                   cfg.recompute, name=f"block_{i}")(x)
     x = layers.LayerNorm(cfg.layer_norm_eps, name="final_norm")(x)
     return layers.SelectiveDense(cfg.num_classes, name="classifier", charged=False)(x[:, 0])
 
