@@ -64,9 +64,12 @@ def from_state(state: Mapping, costs: NetworkCosts, **meta) -> Ranking:
 def save(path: str | Path, state: Mapping, costs: NetworkCosts, **meta) -> Ranking:
   """Write an accumulated ranking (norm sums, RGN and LaRa per layer) as JSON; return it."""
   r = from_state(state, costs, **meta)
-  doc = {"meta": r.meta, "channel": {p: np.asarray(v).tolist() for p, v in r.channel.items()},
-         "layer": r.layer, "layer_rgn": r.layer_rgn, "lara": r.lara}
-  Path(path).write_text(json.dumps(doc, indent=1))
+  doc = {"meta": r.meta, "layer": r.layer, "layer_rgn": r.layer_rgn, "lara": r.lara}
+  text = json.dumps(doc, indent=1)
+  # the per-channel norm sums: one line per layer, float32 precision (a transformer has ~10^5)
+  channel = ",\n".join(f" {json.dumps(p)}: [{', '.join(f'{x:.7g}' for x in np.asarray(v))}]"
+                        for p, v in r.channel.items())
+  Path(path).write_text(f'{text[:-2]},\n "channel": {{\n{channel}\n }}\n}}\n')
   return r
 
 
