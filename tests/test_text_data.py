@@ -217,3 +217,18 @@ def test_text_transform_keeps_ids():
   assert out.dtype == np.int32 and out.tolist() == [101, 5, 102, 0]
   with pytest.raises(ValueError, match="'text'"):
     data.make_transform(True, protocol="audio")
+
+
+def test_the_checkpoint_folder_found_by_name_provides_the_tokenizer(bert_dir, tmp_path):
+  from trady_jax.experiment import inputs  # noqa: PLC0415
+  ckpt = tmp_path / "bert-base"  # where models.hub looks for the bert-base checkpoint
+  ckpt.mkdir()
+  (ckpt / "config.json").write_text("{}")
+  (ckpt / "model.safetensors").write_bytes(b"")
+  (ckpt / "vocab.txt").write_text((bert_dir / "vocab.txt").read_text())
+  cfg = Config(dataset="synthetic-text", arch="bert-base", weights_dir=str(tmp_path),
+               train_limit=8, test_limit=8, image_size=32)
+  train, _, _, _ = inputs.open_data(cfg)
+  assert train.source.vocab_size == 160  # the checkpoint's vocabulary, not the generated one
+  assert inputs.open_data(Config(dataset="synthetic-text", arch="bert-base", train_limit=8,
+                                 test_limit=8, image_size=32))[0].source.vocab_size != 160

@@ -54,8 +54,11 @@ def _open_text(cfg):
   ``cfg.image_size`` tokens long (the text models' input size, as ``models.example_input``)."""
   from trady_jax import data
   from trady_jax.data import tokenizer as tokenizer_lib
-  folder = cfg.tokenizer or (cfg.weights_dir if cfg.weights_dir
-                             and tokenizer_lib.has_tokenizer_files(cfg.weights_dir) else "")
+  from trady_jax.models import hub, registry
+  checkpoint = (hub.find_checkpoint(cfg.arch, cfg.weights_dir or None)
+                if cfg.arch in registry.TRANSFORMERS else None)
+  folder = cfg.tokenizer or next((str(d) for d in (cfg.weights_dir, checkpoint)
+                                  if d and tokenizer_lib.has_tokenizer_files(d)), "")
   glue = cfg.dataset != "synthetic-text"
   if glue and not folder:
     raise ConfigError(f"--dataset {cfg.dataset} needs the checkpoint's tokenizer: --tokenizer DIR")
