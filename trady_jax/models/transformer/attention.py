@@ -7,15 +7,17 @@ stored once per projection that selects from it; a fused ``qkv`` projection (tim
 it once, at ``3 * C`` weights per feature.
 
 Beside those inputs, a transformer's backward pass needs what its frozen blocks keep: LayerNorm's
-centred inputs, ``q``, ``k``, ``v``, the softmax output (``heads * T`` per token) and GELU's input
-(``4C`` per token). Two exact recomputations shrink that:
+``x_hat``, ``q``, ``k``, ``v``, the softmax output (``heads * T`` per token) and GELU's input
+(``4C`` per token). Exact recomputations shrink that, each run once the cotangent arrives
+(``recompute_after``):
 
 * ``SelfAttention.recompute_softmax`` (default on): the attention core keeps only ``q, k, v`` and
   recomputes ``softmax(q k^T / sqrt(d) + bias)`` in the backward pass (``2 T^2 C`` MACs per
-  sample, about 1 % of a BERT-base block), after the cotangent arrives (``recompute_after``);
+  sample, about 1 % of a BERT-base block);
+* ``SelfAttention.recompute``: keeps only the block input ``x`` and recomputes ``q, k, v`` too
+  (``3 C^2`` MACs per token);
 * ``MLP.recompute``: ``gelu(fc1(x))`` keeps only ``x`` and recomputes ``fc1`` (``4 C^2`` MACs per
-  token, a third of the block's forward) instead of keeping the ``4C``-wide GELU input, also
-  after the cotangent arrives.
+  token, a third of the block's forward) instead of keeping the ``4C``-wide GELU input.
 """
 
 from __future__ import annotations
@@ -118,8 +120,8 @@ def recompute_after(fn: Callable) -> Callable:
   """``fn`` (a function of arrays) whose backward pass keeps only its arguments and recomputes
   ``fn`` once the output's cotangent ``g`` is there.
 
-  The recomputation reads its arguments as ``a + 0 * g[0]`` (exact for a finite cotangent; a
-  non-finite one makes every gradient non-finite anyway). That data dependency keeps XLA from
+  The recomputation reads its arguments as ``a + 0 * g[0]`` (exact while ``g[0]`` is finite; a
+  non-finite one marks a diverged step, whose gradients are not used). That data dependency keeps XLA from
   scheduling the recomputation in the forward pass, where it would merge it with the forward
   computation and keep the very values recomputation should free: XLA's CPU pipeline drops the
   optimisation barriers ``jax.checkpoint`` relies on before it schedules (measured: a 4-layer
