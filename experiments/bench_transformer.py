@@ -9,8 +9,9 @@ transformer names).
 * ``masked``: full backward, then the gradients times the channel masks (the reference code);
 * ``trady``: the selective layers with a TraDy selection at ``--budget`` (default: the papers'
   smallest proportional budget), uniform over the top-K layers holding 97 % of the layer RGN;
-* ``full_recompute`` / ``trady_recompute``: the same with ``MLP.recompute`` (``gelu(fc1(x))``
-  recomputed from ``x`` in the backward pass).
+* ``full_recompute`` / ``trady_recompute``: the same with the config's ``recompute`` (q / k / v
+  and ``gelu(fc1(x))`` recomputed in the backward pass, the MLP's in batch slices; FLOPs counted
+  on the same step without the slice loop).
 
 The network is randomly initialised (memory and FLOPs do not depend on the weights) and the RGN
 ranking is computed on the spot from ``--rank-steps`` generated batches: a ranking of a
@@ -37,6 +38,7 @@ from trady_jax import costs as costs_lib
 from trady_jax import paper, ranking, rankings, samplers, sparse_update, steps, xla
 from trady_jax import selection as sel
 from trady_jax.models import registry
+from trady_jax.models.transformer import attention
 
 MiB = 2**20
 # Producer primitive of a saved residual -> what it is in these models (see the docstring): the
@@ -164,6 +166,9 @@ def main(argv=None) -> dict:
     jitted = jax.jit(fn)
     stats = xla.compiled_stats(jitted, *call)
     entry = {"temp_bytes": stats["temp_bytes"], "flops": stats["flops"]}
+    if name.endswith("recompute"):  # the MLP backward's batch-slice loop: count it unrolled
+      with attention.unchunked():
+        entry["flops"] = xla.compiled_stats(jax.jit(lambda *a, fn=fn: fn(*a)), *call)["flops"]
     if args.repeats:
       entry["step_s"] = xla.median_time(jitted, *call, repeats=args.repeats, warmup=1)
     report[name] = entry

@@ -85,7 +85,8 @@ def test_models_recompute_their_projections_exactly(index):
   f = lambda m: lambda p: jnp.sum(m.apply({"params": p}, x) ** 2)
   for a, b in zip(jax.tree.leaves(jax.grad(f(model))(params)),
                   jax.tree.leaves(jax.grad(f(again))(params))):
-    np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
+    # float32 sums over batch slices in another order: equal to rounding
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
   kept = [xla.residual_bytes(f(m), params)["float_activations"] for m in (model, again)]
   assert kept[1] < kept[0]
 

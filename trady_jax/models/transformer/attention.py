@@ -22,9 +22,10 @@ Beside those inputs, a transformer's backward pass needs what its frozen blocks 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import flax.linen as nn
 import jax
@@ -71,7 +72,8 @@ class SelfAttention(nn.Module):
     use_bias: projection biases.
     recompute_softmax: keep ``q, k, v`` and recompute the attention weights in the backward pass.
     recompute: keep only ``x`` and recompute ``q, k, v`` and the attention weights in the
-      backward pass (``3 C^2`` MACs per token more; ``recompute_after``).
+      backward pass (``3 C^2`` MACs per token more; ``recompute_after``; whole batch: slicing it
+      as the MLP does measured more temp memory, not less).
   """
   num_heads: int
   fused_qkv: bool = False
@@ -116,16 +118,40 @@ def attention_core(q: jax.Array, k: jax.Array, v: jax.Array,
   return jnp.einsum("...hqk,...khd->...qhd", weights, v)
 
 
-def recompute_after(fn: Callable) -> Callable:
+_CHUNKED = [True]
+
+
+@contextlib.contextmanager
+def unchunked() -> Iterator[None]:
+  """Within this context (at trace time) ``recompute_after`` runs its backward pass whole: the
+  same arithmetic without a loop, for FLOP counts (XLA's cost analysis counts a loop body once)."""
+  _CHUNKED.append(False)
+  try:
+    yield
+  finally:
+    _CHUNKED.pop()
+
+
+def _tie(tree, zero):
+  """``tree`` with ``zero`` (0 * a cotangent entry) added to its float leaves."""
+  return jax.tree.map(lambda a: a + zero.astype(a.dtype)
+                      if jnp.issubdtype(a.dtype, jnp.floating) else a, tree)
+
+
+def recompute_after(fn: Callable, *, chunks: int = 1) -> Callable:
   """``fn`` (a function of arrays) whose backward pass keeps only its arguments and recomputes
   ``fn`` once the output's cotangent ``g`` is there.
 
   The recomputation reads its arguments as ``a + 0 * g[0]`` (exact while ``g[0]`` is finite; a
-  non-finite one marks a diverged step, whose gradients are not used). That data dependency keeps XLA from
-  scheduling the recomputation in the forward pass, where it would merge it with the forward
-  computation and keep the very values recomputation should free: XLA's CPU pipeline drops the
-  optimisation barriers ``jax.checkpoint`` relies on before it schedules (measured: a 4-layer
-  attention stack at batch 32 keeps 493 MiB with ``jax.checkpoint``, 288 MiB with this).
+  non-finite one marks a diverged step, whose gradients are not used). That data dependency
+  keeps XLA from scheduling the recomputation in the forward pass, where it would merge it with
+  the forward computation and keep the very values recomputation should free: XLA's CPU pipeline
+  drops the optimisation barriers ``jax.checkpoint`` relies on before it schedules (measured: a
+  4-layer attention stack at batch 32 keeps 493 MiB with ``jax.checkpoint``, 288 MiB with this).
+
+  ``chunks > 1``: ``fn(shared, x, *rest)`` acts on each row of ``x`` (axis 0) alone; the backward
+  pass then recomputes and differentiates ``chunks`` slices of the batch one after the other
+  (``lax.scan``, the other arguments' cotangents summed), so its working set is a slice's.
   """
 
   @jax.custom_vjp
@@ -136,10 +162,22 @@ def recompute_after(fn: Callable) -> Callable:
     return fn(*args), args
 
   def bwd(args, g):
-    zero = 0 * jnp.ravel(jax.tree.leaves(g)[0])[0]
-    tied = jax.tree.map(lambda a: a + zero.astype(a.dtype)
-                        if jnp.issubdtype(a.dtype, jnp.floating) else a, args)
-    return jax.vjp(fn, *tied)[1](g)
+    from trady_jax import prefix  # local: prefix imports the selective ops
+    n = prefix.chunk_count(args[1].shape[0], chunks) if chunks > 1 and _CHUNKED[-1] else 1
+    if n == 1:
+      return jax.vjp(fn, *_tie(args, 0 * jnp.ravel(jax.tree.leaves(g)[0])[0]))[1](g)
+    shared = (args[0], *args[2:])
+    split = lambda t: t.reshape(n, t.shape[0] // n, *t.shape[1:])
+
+    def one(total, slice_):
+      x, gs = slice_
+      zero = 0 * jnp.ravel(gs)[0]
+      a, *rest = _tie(shared, zero)
+      d = jax.vjp(fn, a, _tie(x, zero), *rest)[1](gs)
+      return jax.tree.map(jnp.add, total, (d[0], *d[2:])), d[1]
+
+    total, dx = jax.lax.scan(one, jax.tree.map(jnp.zeros_like, shared), (split(args[1]), split(g)))
+    return (total[0], dx.reshape(args[1].shape), *total[1:])
 
   f.defvjp(fwd, bwd)
   return f
@@ -148,11 +186,12 @@ def recompute_after(fn: Callable) -> Callable:
 recomputed_attention_core = recompute_after(attention_core)
 
 
-def recompute_through(layers: Sequence[SelectiveDense], fn: Callable, x: jax.Array, *args):
-  """``fn(layers, x, *args)`` under ``recompute_after``: the backward pass keeps ``x``, ``args``
-  and the layers' parameters, and recomputes ``fn``, selective layers included (their
-  selections are read, not differentiated). Call it inside the ``nn.compact`` method that owns
-  ``layers``."""
+def recompute_through(layers: Sequence[SelectiveDense], fn: Callable, x: jax.Array, *args,
+                      chunks: int = 1):
+  """``fn(layers, x, *args)`` under ``recompute_after`` (``chunks``: for an ``fn`` acting on each
+  row of ``x`` alone): the backward pass keeps ``x``, ``args`` and the layers' parameters, and
+  recomputes ``fn``, selective layers included (their selections are read, not differentiated).
+  Call it inside the ``nn.compact`` method that owns ``layers``."""
   for layer in layers:
     layer(x)  # binds its variables (creates them at init); the value itself is unused
   variables = [layer.variables for layer in layers]
@@ -163,19 +202,22 @@ def recompute_through(layers: Sequence[SelectiveDense], fn: Callable, x: jax.Arr
              for u, v, p in zip(unbound, variables, params)]
     return fn(bound, x, *args)
 
-  return recompute_after(pure)([v["params"] for v in variables], x, *args)
+  return recompute_after(pure, chunks=chunks)([v["params"] for v in variables], x, *args)
 
 
 class MLP(nn.Module):
   """``fc2(activation(fc1(x)))``, hidden width ``hidden``; ``recompute``: keep ``x`` and recompute
-  ``activation(fc1(x))`` in the backward pass (exact; see the module docstring)."""
+  ``activation(fc1(x))`` in the backward pass (exact; see the module docstring), over ``chunks``
+  slices of the batch one after the other (the ``hidden``-wide working set of one slice)."""
   hidden: int
   activation: Callable[[jax.Array], jax.Array] = gelu
   recompute: bool = False
+  chunks: int = 8
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     fc1, activation = SelectiveDense(self.hidden, name="fc1"), self.activation
     expand = lambda project, x: activation(project[0](x))
-    h = recompute_through([fc1], expand, x) if self.recompute else expand([fc1], x)
+    h = (recompute_through([fc1], expand, x, chunks=self.chunks) if self.recompute
+         else expand([fc1], x))
     return SelectiveDense(x.shape[-1], name="fc2")(h)
