@@ -14,7 +14,32 @@ import numpy as np
 _SPLITS = {"train": 0, "test": 1}  # split -> stream tag, so train and test examples differ
 
 
-class SyntheticSource:
+class GeneratedExamples:
+  """What generated sources share: ``num_examples`` examples of a ``split``, example ``i`` drawn
+  from its own stream ``(seed, split, i)`` (so any order, any worker, gives the same example)."""
+  num_examples: int
+  seed: int
+  split: str
+  labels: np.ndarray
+
+  @staticmethod
+  def check_split(split: str) -> None:
+    if split not in _SPLITS:
+      raise ValueError(f"unknown split {split!r}; expected one of {sorted(_SPLITS)}")
+
+  def __len__(self) -> int:
+    return self.num_examples
+
+  def example(self, index: int) -> tuple[int, np.random.Generator]:
+    """``(label, rng)`` of example ``index`` (``IndexError`` out of range)."""
+    index = int(index)
+    if not 0 <= index < self.num_examples:
+      raise IndexError(f"index {index} out of range for {self.num_examples} examples")
+    return int(self.labels[index]), np.random.default_rng([self.seed, 1, _SPLITS[self.split],
+                                                           index])
+
+
+class SyntheticSource(GeneratedExamples):
   """``num_examples`` generated square RGB images; example ``i`` has label ``i % num_classes``."""
 
   protocol = "standard"
@@ -25,8 +50,7 @@ class SyntheticSource:
       raise ValueError(f"need num_examples >= 1, num_classes >= 1, image_size >= 4; got "
                        f"{num_examples}, {num_classes}, {image_size}")
     self.num_examples, self.num_classes = int(num_examples), int(num_classes)
-    if split not in _SPLITS:
-      raise ValueError(f"unknown split {split!r}; expected one of {sorted(_SPLITS)}")
+    self.check_split(split)
     self.image_size, self.seed, self.split = int(image_size), int(seed), split
     self.class_names = tuple(f"class_{c}" for c in range(self.num_classes))
     self.labels = np.arange(self.num_examples, dtype=np.int64) % self.num_classes
@@ -38,15 +62,8 @@ class SyntheticSource:
     grid = (np.arange(self.image_size) + 0.5) / self.image_size
     self._yy, self._xx = np.meshgrid(grid, grid, indexing="ij")
 
-  def __len__(self) -> int:
-    return self.num_examples
-
   def __getitem__(self, index: int) -> tuple[np.ndarray, int]:
-    index = int(index)
-    if not 0 <= index < self.num_examples:
-      raise IndexError(f"index {index} out of range for {self.num_examples} examples")
-    label = int(self.labels[index])
-    rng = np.random.default_rng([self.seed, 1, _SPLITS[self.split], index])
+    label, rng = self.example(index)
     angle = self._angles[label] + rng.normal(0, 0.1)
     freq = self._freqs[label] * rng.uniform(0.9, 1.1)
     phase = rng.uniform(0, 2 * np.pi)

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from trady_jax.data.synthetic import GeneratedExamples
 from trady_jax.data.tokenizer import MAX_LENGTH, TextTokenizer
 
 GENERATED_VOCAB_SIZE = 1000  # fits the embedding table of any BERT / RoBERTa checkpoint
@@ -27,7 +28,6 @@ GENERATED_SPECIALS = {  # family -> {token role: id}, as in bert-base-uncased an
     "bert": {"pad": 0, "unk": 100, "cls": 101, "sep": 102, "mask": 103},
     "roberta": {"cls": 0, "pad": 1, "sep": 2, "unk": 3, "mask": 4},
 }
-_SPLITS = {"train": 0, "test": 1}  # split -> stream tag, so train and test examples differ
 
 
 def generated_vocab(vocab_size: int = GENERATED_VOCAB_SIZE) -> list[str]:
@@ -48,7 +48,7 @@ def write_generated_vocab(folder: str | os.PathLike,
   return folder
 
 
-class SyntheticTextSource:
+class SyntheticTextSource(GeneratedExamples):
   """``num_examples`` generated pairs; ``src[i] -> (int32 (max_length,) ids, i % num_classes)``.
 
   Args:
@@ -67,8 +67,7 @@ class SyntheticTextSource:
                max_length: int = MAX_LENGTH, seed: int = 0, split: str = "train",
                tokenizer: TextTokenizer | str | os.PathLike | None = None, family: str = "bert",
                vocab_size: int = GENERATED_VOCAB_SIZE, markers_per_class: int = 4):
-    if split not in _SPLITS:
-      raise ValueError(f"unknown split {split!r}; expected one of {sorted(_SPLITS)}")
+    self.check_split(split)
     if num_examples < 1 or num_classes < 1 or max_length < 16:
       raise ValueError(f"need num_examples >= 1, num_classes >= 1, max_length >= 16; got "
                        f"{num_examples}, {num_classes}, {max_length}")
@@ -99,15 +98,8 @@ class SyntheticTextSource:
     self._fillers = np.setdiff1d(words, chosen.ravel()).astype(np.int32)
     self._separator = [self.sep_id] * (2 if family == "roberta" else 1)  # between a and b
 
-  def __len__(self) -> int:
-    return self.num_examples
-
   def __getitem__(self, index: int) -> tuple[np.ndarray, int]:
-    index = int(index)
-    if not 0 <= index < self.num_examples:
-      raise IndexError(f"index {index} out of range for {self.num_examples} examples")
-    label = int(self.labels[index])
-    rng = np.random.default_rng([self.seed, 1, _SPLITS[self.split], index])
+    label, rng = self.example(index)
     room = self.max_length - 2 - len(self._separator)  # [CLS] a SEP b [SEP]
     n_a = int(rng.integers(4, room // 2 + 1))
     n_b = int(rng.integers(4, room - n_a + 1))
