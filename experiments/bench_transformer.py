@@ -65,7 +65,7 @@ def generated_batch(arch: str, model, batch: int, size: int, seed: int = 0) -> d
 
 
 def with_recompute(model):
-  """The same network with ``MLP.recompute`` on."""
+  """The same network with its config's ``recompute`` on (attention and MLP projections)."""
   return model.clone(config=dataclasses.replace(model.config, recompute=True))
 
 
@@ -117,8 +117,7 @@ def main(argv=None) -> dict:
   model = registry.build_model(args.arch, 2 if text else 10, image_size=size)
   batch = generated_batch(args.arch, model, args.batch, size)
   params = jax.jit(model.init)(jax.random.key(0), batch["image"][:1])["params"]
-  x = registry.example_input(args.arch, size)
-  costs = costs_lib.trace(model, x.shape, input_dtype=x.dtype)
+  costs = costs_lib.trace(model, registry.example_input(args.arch, size))
   if args.ranking:
     pool = rankings.load(args.ranking, costs).top_k_share(args.share)
     source = f"ranking {args.ranking}"

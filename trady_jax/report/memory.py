@@ -69,7 +69,7 @@ def report(arch: str, input_size: int = 128, feature_mix: bool = True,
   model = models.build_model(arch, classes, feature_mix=feature_mix, bn="train",
                              image_size=input_size)
   x = models.registry.example_input(arch, input_size)
-  net = costs.trace(model, x.shape, input_dtype=x.dtype)
+  net = costs.trace(model, x)
   t = net.totals()
   out = {"arch": arch, "input": list(x.shape[1:-1] if x.ndim > 2 else x.shape[1:]),
          "feature_mix": feature_mix, "conv_layers": len(net.convs),
