@@ -1,11 +1,12 @@
 """Selective attention and MLP blocks: exact recomputation, less kept for the backward pass."""
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from trady_jax import costs, xla
+from trady_jax import costs, layers, xla
 from trady_jax import selection as sel
 from trady_jax.models.transformer.attention import MLP, SelfAttention, gelu, padding_bias
 
@@ -73,10 +74,12 @@ def _tiny_models():
   return [(bert.TextClassifier(bert.TextConfig(vocab_size=100, hidden=16, layers=2, heads=2,
                                                intermediate=32, max_positions=32)), ids),
           (vit.ViT(vit.ViTConfig(3, 16, 4, 16, 2, 2, 32)), img[:, :16, :16]),
-          (swin.Swin(swin.SwinConfig(3, 32, 4, 16, (2, 2), (2, 4), 4)), img)]
+          (swin.Swin(swin.SwinConfig(3, 32, 4, 16, (2, 2), (2, 4), 4)), img),
+          # 6x6 maps in windows of 4: padded (and shifted) windows
+          (swin.Swin(swin.SwinConfig(3, 24, 4, 16, (2, 2), (2, 4), 4)), img[:, :24, :24])]
 
 
-@pytest.mark.parametrize("index", range(3), ids=["bert", "vit", "swin"])
+@pytest.mark.parametrize("index", range(4), ids=["bert", "vit", "swin", "swin-padded"])
 def test_models_recompute_their_projections_exactly(index):
   import dataclasses
   model, x = _tiny_models()[index]
@@ -89,6 +92,34 @@ def test_models_recompute_their_projections_exactly(index):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
   kept = [xla.residual_bytes(f(m), params)["float_activations"] for m in (model, again)]
   assert kept[1] < kept[0]
+
+
+class _NormThen(nn.Module):
+  """A LayerNorm, then ``sublayer`` on its output or on its parts."""
+  sublayer: nn.Module
+  parts: bool
+
+  @nn.compact
+  def __call__(self, x):
+    s = jnp.linspace(0.5, 1.5, x.shape[-1])
+    norm = layers.LayerNorm(1e-5)(x, parts=True)
+    norm = layers.Normalized(norm.x_hat, norm.scale * s, norm.bias + s)  # not the identity map
+    return self.sublayer(norm if self.parts else norm.output())
+
+
+@pytest.mark.parametrize("sublayer", [MLP(32, recompute=True), SelfAttention(4, recompute=True),
+                                      MLP(32)], ids=["mlp", "attention", "mlp-stored"])
+def test_a_norms_parts_are_exact_and_a_recomputing_sublayer_keeps_x_hat_alone(sublayer):
+  (g0, r0), (g1, r1) = (_grads_and_residuals(_NormThen(sublayer.clone(), parts))
+                        for parts in (False, True))
+  for a, b in zip(jax.tree.leaves(g0), jax.tree.leaves(g1)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+  saved = r0["float_activations"] - r1["float_activations"]
+  if sublayer.recompute:  # the norm's output is no longer kept beside its x_hat, its (here
+    # computed) scale and shift are
+    assert saved == (_X.size - 2 * _X.shape[-1]) * 4, (r0, r1)
+  else:  # nothing changes without recomputation
+    assert saved == 0, (r0, r1)
 
 
 def test_recomputed_mlp_keeps_the_selection_of_fc1():

@@ -18,7 +18,7 @@ Each layer reads its own leaves of the optional ``'selection'`` variable collect
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
 import flax.linen as nn
 import jax
@@ -163,51 +163,75 @@ class Learned(nn.Module):
     return value
 
 
+class Normalized(NamedTuple):
+  """A layer norm's output in parts, ``x_hat * scale + bias`` (``output()``), as ``LayerNorm``
+  returns it with ``parts=True``. A sublayer that recomputes its projections in the backward pass
+  (``attention.recompute_through``) takes these parts and applies the affine map inside its
+  recomputation: it then keeps the norm's ``x_hat``, which the norm's backward keeps anyway,
+  instead of a second copy of the same activations (the norm's output)."""
+  x_hat: jax.Array
+  scale: jax.Array
+  bias: jax.Array
+
+  def output(self) -> jax.Array:
+    """The norm's output."""
+    return self.x_hat * self.scale + self.bias
+
+
+def norm_output(x: jax.Array | Normalized) -> jax.Array:
+  """``x`` itself, or a ``Normalized``'s output."""
+  return x.output() if isinstance(x, Normalized) else x
+
+
 class LayerNorm(nn.Module):
   """Layer normalisation over the last axis, ``(x - mean) / sqrt(var + epsilon) * scale + bias``,
   whose scale and shift are gated like every other leaf: trained whole without a selection,
   and under one only where a strategy's ``trainable`` names them (not charged either way). A
   frozen norm passes its input gradient on without building a scale / shift gradient, so the
   backward pass stops at the shallowest trained layer (``nn.LayerNorm`` would pull it to the
-  first norm of the network)."""
+  first norm of the network). ``parts=True`` returns the output as ``Normalized`` parts."""
   epsilon: float = 1e-6
 
   @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
+  def __call__(self, x: jax.Array, *, parts: bool = False) -> jax.Array | Normalized:
     c = x.shape[-1]
     scale, _ = _gate(self, "scale", self.param("scale", nn.initializers.ones_init(), (c,)))
     bias, _ = _gate(self, "bias", self.param("bias", nn.initializers.zeros_init(), (c,)))
-    return layer_norm(x, scale, bias, self.epsilon)
+    out = Normalized(normalize(x, self.epsilon), scale, bias)
+    return out if parts else out.output()
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
 def layer_norm(x: jax.Array, scale: jax.Array, bias: jax.Array, epsilon: float) -> jax.Array:
-  """``x_hat * scale + bias`` with ``x_hat = (x - mean) / sqrt(var + epsilon)`` over the last axis.
-
-  The backward keeps ``x_hat`` and ``1 / sqrt(var + epsilon)`` (one value per token) and computes
-  ``dx = r * (g' - mean(g') - x_hat * mean(g' * x_hat))`` with ``g' = g * scale``: one
-  ``x``-sized residual where autodiff keeps two (the centred input and ``x_hat``)."""
-  return _layer_norm_fwd(x, scale, bias, epsilon)[0]
+  """``normalize(x) * scale + bias``: the backward keeps ``x_hat`` (shared by the scale gradient
+  and ``normalize``'s backward) and ``1 / sqrt(var + epsilon)``."""
+  return normalize(x, epsilon) * scale + bias
 
 
-def _layer_norm_fwd(x, scale, bias, epsilon):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+def normalize(x: jax.Array, epsilon: float) -> jax.Array:
+  """``x_hat = (x - mean) / sqrt(var + epsilon)`` over the last axis.
+
+  The backward keeps ``x_hat`` and ``r = 1 / sqrt(var + epsilon)`` (one value per token) and
+  computes ``dx = r * (g - mean(g) - x_hat * mean(g * x_hat))``: one ``x``-sized residual where
+  autodiff keeps two (the centred input and ``x_hat``)."""
+  return _normalize_fwd(x, epsilon)[0]
+
+
+def _normalize_fwd(x, epsilon):
   mean = jnp.mean(x, axis=-1, keepdims=True)
   centred = x - mean
   r = jax.lax.rsqrt(jnp.mean(jnp.square(centred), axis=-1, keepdims=True) + epsilon)
   x_hat = centred * r
-  return x_hat * scale + bias, (x_hat, r, scale)
+  return x_hat, (x_hat, r)
 
 
-def _layer_norm_bwd(epsilon, residuals, g):
-  x_hat, r, scale = residuals
-  lead = tuple(range(g.ndim - 1))
-  gs = g * scale
-  dx = r * (gs - jnp.mean(gs, axis=-1, keepdims=True)
-            - x_hat * jnp.mean(gs * x_hat, axis=-1, keepdims=True))
-  return dx, jnp.sum(g * x_hat, axis=lead), jnp.sum(g, axis=lead)
+def _normalize_bwd(epsilon, residuals, g):
+  x_hat, r = residuals
+  return (r * (g - jnp.mean(g, axis=-1, keepdims=True)
+               - x_hat * jnp.mean(g * x_hat, axis=-1, keepdims=True)),)
 
 
-layer_norm.defvjp(_layer_norm_fwd, _layer_norm_bwd)
+normalize.defvjp(_normalize_fwd, _normalize_bwd)
 
 
 def global_avg_pool(x: jax.Array) -> jax.Array:

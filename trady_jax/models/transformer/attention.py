@@ -18,6 +18,11 @@ Beside those inputs, a transformer's backward pass needs what its frozen blocks 
   (``3 C^2`` MACs per token);
 * ``MLP.recompute``: ``gelu(fc1(x))`` keeps only ``x`` and recomputes ``fc1`` (``4 C^2`` MACs per
   token, a third of the block's forward) instead of keeping the ``4C``-wide GELU input.
+
+Both take their input as a LayerNorm's parts (``layers.Normalized``) too: recomputing, they then
+keep the norm's ``x_hat`` (which the norm's backward keeps anyway) and apply the norm's affine map
+inside the recomputation, instead of keeping the norm's output beside it: one ``C``-wide tensor per
+sublayer less.
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from trady_jax.layers import SelectiveDense
+from trady_jax.layers import Normalized, SelectiveDense
 
 
 @jax.custom_vjp
@@ -82,9 +87,13 @@ class SelfAttention(nn.Module):
   recompute: bool = False
 
   @nn.compact
-  def __call__(self, x: jax.Array, bias: jax.Array | None = None) -> jax.Array:
-    """``x``: ``(..., T, C)``; ``bias``: added to the ``(..., heads, T, T)`` logits (padding,
-    relative positions, window masks)."""
+  def __call__(self, x: jax.Array | Normalized, bias: jax.Array | None = None, *,
+               into: Callable[[jax.Array], jax.Array] | None = None) -> jax.Array:
+    """``x``: ``(..., T, C)``, or a norm's parts of it; ``bias``: added to the
+    ``(..., heads, T, T)`` logits (padding, relative positions, window masks); ``into``: a
+    rearrangement of the (normalised) input into ``(..., T, C)`` token groups, applied first
+    (Swin's windows), inside the recomputation."""
+    x, affine = _parts(x)
     c = x.shape[-1]
     if c % self.num_heads:
       raise ValueError(f"{self.name}: width {c} is not a multiple of {self.num_heads} heads")
@@ -97,14 +106,26 @@ class SelfAttention(nn.Module):
     core = (attention_core if self.recompute or not self.recompute_softmax
             else recomputed_attention_core)
 
-    def attend(project, x, bias):
+    def attend(project, x, bias, affine):
+      x = _input(x, affine)
+      x = into(x) if into else x
       qkv = [p(x) for p in project]
       q, k, v = jnp.split(qkv[0], 3, axis=-1) if self.fused_qkv else qkv
       return core(split(q), split(k), split(v), bias).reshape(x.shape)
 
-    out = (recompute_through(projections, attend, x, bias) if self.recompute
-           else attend(projections, x, bias))
+    out = (recompute_through(projections, attend, x, bias, affine) if self.recompute
+           else attend(projections, x, bias, affine))
     return SelectiveDense(c, self.use_bias, name="out")(out)
+
+
+def _parts(x: jax.Array | Normalized):
+  """``(x, None)``, or a ``Normalized``'s ``(x_hat, (scale, bias))``."""
+  return (x.x_hat, (x.scale, x.bias)) if isinstance(x, Normalized) else (x, None)
+
+
+def _input(x: jax.Array, affine) -> jax.Array:
+  """Inverse of ``_parts``: the array a sublayer reads."""
+  return x if affine is None else Normalized(x, *affine).output()
 
 
 def attention_core(q: jax.Array, k: jax.Array, v: jax.Array,
@@ -192,8 +213,7 @@ def recompute_through(layers: Sequence[SelectiveDense], fn: Callable, x: jax.Arr
   row of ``x`` alone): the backward pass keeps ``x``, ``args`` and the layers' parameters, and
   recomputes ``fn``, selective layers included (their selections are read, not differentiated).
   Call it inside the ``nn.compact`` method that owns ``layers``."""
-  for layer in layers:
-    layer(x)  # binds its variables (creates them at init); the value itself is unused
+  fn(layers, x, *args)  # binds the layers' variables (creates them at init); the value is unused
   variables = [layer.variables for layer in layers]
   unbound = [layer.clone(parent=None) for layer in layers]
 
@@ -215,9 +235,11 @@ class MLP(nn.Module):
   chunks: int = 8
 
   @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
+  def __call__(self, x: jax.Array | Normalized) -> jax.Array:
+    """``x``: ``(..., C)``, or a norm's parts of it."""
+    x, affine = _parts(x)
     fc1, activation = SelectiveDense(self.hidden, name="fc1"), self.activation
-    expand = lambda project, x: activation(project[0](x))
-    h = (recompute_through([fc1], expand, x, chunks=self.chunks) if self.recompute
-         else expand([fc1], x))
+    expand = lambda project, x, affine: activation(project[0](_input(x, affine)))
+    h = (recompute_through([fc1], expand, x, affine, chunks=self.chunks) if self.recompute
+         else expand([fc1], x, affine))
     return SelectiveDense(x.shape[-1], name="fc2")(h)

@@ -25,7 +25,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from trady_jax.layers import Embed, LayerNorm, SelectiveDense
+from trady_jax.layers import Embed, LayerNorm, Normalized, SelectiveDense
 from trady_jax.models.transformer.attention import MLP, SelfAttention, padding_bias
 
 
@@ -119,16 +119,19 @@ def position_ids(ids: jax.Array, config: TextConfig) -> jax.Array:
 
 
 class EncoderLayer(nn.Module):
-  """A post-LN block: ``x = attention_norm(x + attention(x))``, ``x = mlp_norm(x + mlp(x))``."""
+  """A post-LN block: ``x = attention_norm(x + attention(x))``, ``x = mlp_norm(x + mlp(x))``.
+  Its input and output are norm outputs, passed as their parts (``layers.Normalized``) so that a
+  recomputing sublayer keeps the norm's ``x_hat`` alone."""
   config: TextConfig
 
   @nn.compact
-  def __call__(self, x: jax.Array, bias: jax.Array) -> jax.Array:
+  def __call__(self, x: Normalized, bias: jax.Array) -> Normalized:
     cfg = self.config
-    x = LayerNorm(cfg.layer_norm_eps, name="attention_norm")(
-        x + SelfAttention(cfg.heads, recompute=cfg.recompute, name="attention")(x, bias))
-    return LayerNorm(cfg.layer_norm_eps, name="mlp_norm")(
-        x + MLP(cfg.intermediate, recompute=cfg.recompute, name="mlp")(x))
+    norm = lambda name, x: LayerNorm(cfg.layer_norm_eps, name=name)(x, parts=True)
+    x = norm("attention_norm", x.output()
+             + SelfAttention(cfg.heads, recompute=cfg.recompute, name="attention")(x, bias))
+    return norm("mlp_norm", x.output() + MLP(cfg.intermediate, recompute=cfg.recompute,
+                                             name="mlp")(x))
 
 
 class ClassificationHead(nn.Module):
@@ -159,8 +162,8 @@ class TextClassifier(nn.Module):
     x = (embed(cfg.vocab_size, "word_embeddings")(ids)
          + embed(cfg.max_positions, "position_embeddings")(position_ids(ids, cfg))
          + embed(cfg.type_vocab_size, "token_type_embeddings")(token_type_ids(ids, cfg)))
-    x = LayerNorm(cfg.layer_norm_eps, name="embeddings_norm")(x)
-    bias = padding_bias(attention_mask(ids, cfg), x.dtype)
+    x = LayerNorm(cfg.layer_norm_eps, name="embeddings_norm")(x, parts=True)
+    bias = padding_bias(attention_mask(ids, cfg), x.x_hat.dtype)
     for i in range(cfg.layers):
       x = EncoderLayer(cfg, name=f"layers_{i}")(x, bias)
-    return ClassificationHead(cfg.num_classes, name="classifier")(x)
+    return ClassificationHead(cfg.num_classes, name="classifier")(x.output())

@@ -129,23 +129,25 @@ class SwinBlock(nn.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     n, h, w, c = x.shape
     ws, s = self.window, self.shift
-    y = layers.LayerNorm(self.epsilon, name="attn_norm")(x)
     ph, pw = (-h) % ws, (-w) % ws
-    y = jnp.pad(y, ((0, 0), (0, ph), (0, pw), (0, 0)))
-    if s:
-      y = jnp.roll(y, (-s, -s), axis=(1, 2))
+
+    def into_windows(y):
+      y = jnp.pad(y, ((0, 0), (0, ph), (0, pw), (0, 0)))
+      return partition(jnp.roll(y, (-s, -s), axis=(1, 2)) if s else y, ws)
+
     table = layers.Learned(((2 * ws - 1) ** 2, self.num_heads), name="relative_position_bias")()
     bias = jnp.transpose(table[relative_position_index(ws)], (2, 0, 1))  # (heads, T, T)
     if s:
       bias = bias + shifted_window_mask(h + ph, w + pw, ws, s)
     attention = SelfAttention(self.num_heads, self.fused_qkv, recompute=self.recompute, name="attn")
-    y = attention(partition(y, ws), bias)
+    y = attention(layers.LayerNorm(self.epsilon, name="attn_norm")(x, parts=True), bias,
+                  into=into_windows)
     y = unpartition(y, ws, h + ph, w + pw)
     if s:
       y = jnp.roll(y, (s, s), axis=(1, 2))
     x = x + y[:, :h, :w]
     mlp = MLP(self.mlp_hidden, recompute=self.recompute, name="mlp")
-    return x + mlp(layers.LayerNorm(self.epsilon, name="mlp_norm")(x))
+    return x + mlp(layers.LayerNorm(self.epsilon, name="mlp_norm")(x, parts=True))
 
 
 class PatchMerging(nn.Module):

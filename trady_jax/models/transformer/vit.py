@@ -66,10 +66,10 @@ class ViTBlock(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    h = layers.LayerNorm(self.epsilon, name="attn_norm")(x)
-    x = x + SelfAttention(self.num_heads, self.fused_qkv, recompute=self.recompute, name="attn")(h)
-    h = layers.LayerNorm(self.epsilon, name="mlp_norm")(x)
-    return x + MLP(self.mlp_hidden, recompute=self.recompute, name="mlp")(h)
+    norm = lambda name: layers.LayerNorm(self.epsilon, name=name)(x, parts=True)
+    x = x + SelfAttention(self.num_heads, self.fused_qkv, recompute=self.recompute,
+                          name="attn")(norm("attn_norm"))
+    return x + MLP(self.mlp_hidden, recompute=self.recompute, name="mlp")(norm("mlp_norm"))
 
 
 class ViT(nn.Module):
