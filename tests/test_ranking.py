@@ -89,3 +89,15 @@ def test_a_ranking_of_another_network_is_refused(tiny, tmp_path):
   assert "randomly initialised" in rankings.check_network(doc, rankings.network_key("", "train"))[0]
   with pytest.raises(rankings.RankingMismatch):  # a ranking written before keys were recorded
     rankings.check_network(rankings.Ranking({}, {}), key)
+
+
+@pytest.mark.parametrize("arch", ["bert-base", "roberta-base", "vit-b16", "swin-t"])
+def test_shipped_transformer_rankings_match_the_key_of_a_run_on_random_init(arch):
+  """Transformers have no BatchNorm: a run records ``bn: none`` under any ``--bn``, and the
+  shipped ranking (of the random-init network) says the same, so it is not taken for stale."""
+  from trady_jax.models import registry  # noqa: PLC0415
+  doc = rankings.load(rankings.default_path(arch))
+  for bn in ("train", "folded"):
+    key = rankings.network_key("", registry.bn_mode(arch, bn), doc.meta["random_init_layers"])
+    assert rankings.stale(doc, key) == []
+  assert doc.meta["pretrained"] is False

@@ -57,7 +57,8 @@ def build_run(cfg: Config, workdir: str | Path) -> train.Run:
   strategy = strategies.get(cfg.strategy)
   doc = load_ranking(cfg.arch, cfg.ranking, costs) if strategy.needs_ranking else None
   notes = []
-  key = rankings.network_key(net.weights, cfg.bn, net.random_init_layers)
+  bn = models.registry.bn_mode(cfg.arch, cfg.bn)
+  key = rankings.network_key(net.weights, bn, net.random_init_layers)
   if strategy.needs_ranking and doc is None:  # nothing shipped for this arch: rank it once
     doc = ranking_of_this_network(cfg, costs, key)
   elif doc is not None:
@@ -80,7 +81,7 @@ def build_run(cfg: Config, workdir: str | Path) -> train.Run:
         f"{len(test_src)} test images from {where}, strategy {cfg.strategy}, "
         f"budget {cfg.budget:,} units", flush=True)
   print(f"training on {len(train_src)} images, {cfg.total_epochs()} epochs "
-        f"({cfg.warmup_epochs} warm-up), lr {cfg.lr}, bn {cfg.bn}, weights "
+        f"({cfg.warmup_epochs} warm-up), lr {cfg.lr}, bn {bn}, weights "
         f"{net.weights or 'none (random init)'}; random-init layers: "
         f"{'all' if not pretrained else ', '.join(net.random_init_layers) or 'none'}", flush=True)
 
@@ -90,7 +91,7 @@ def build_run(cfg: Config, workdir: str | Path) -> train.Run:
                         pad_remainder=not train)
 
   provenance = {"pretrained": pretrained, "data": where, "test_images": len(test_src),
-                "bn": cfg.bn, "weights_file": net.weights,
+                "bn": bn, "weights_file": net.weights,
                 "random_init_layers": list(net.random_init_layers), "ranking_notes": notes}
   run = train.Run(cfg, workdir, model=model, params=params, train_source=train_src,
                   test_source=test_src, batches=batches, layer_ranking=doc, scheme_counts=counts,

@@ -67,7 +67,8 @@ def rank_layers(cfg: Config, *, passes: int = 1, steps: int = 0,
   rankings.save(path, state, c, arch=cfg.arch, steps=total, data=where,
                train_images=len(train_src), pretrained=pretrained, batch_size=cfg.batch_size,
                lr=cfg.lr, seed=cfg.seed,
-               **rankings.network_key(net.weights, cfg.bn, net.random_init_layers))
+               **rankings.network_key(net.weights, models.registry.bn_mode(cfg.arch, cfg.bn),
+                                      net.random_init_layers))
   scores = ranking.layer_rgn(state["channel"], c)
   top = ranking.top_k_share(scores, cfg.topk_share)
   print(f"wrote {path}: {len(top)} of {len(paths)} layers hold {cfg.topk_share:.0%} of layer RGN")

@@ -69,6 +69,16 @@ def build_model(name: str, num_classes: int = 1000, *, feature_mix: bool = True,
   return resnet.resnet(name, num_classes).clone(bn=bn)
 
 
+def bn_mode(name: str, bn: str) -> str:
+  """The BatchNorm mode network ``name`` runs in under ``--bn bn``: ``'none'`` for the
+  transformers (LayerNorm only), else ``bn``; what run records and ranking keys say.
+
+  >>> bn_mode("swin-t", "train"), bn_mode("mbv2-w0.35", "train")
+  ('none', 'train')
+  """
+  return "none" if name in TRANSFORMERS else bn
+
+
 def example_input(name: str, size: int) -> jax.ShapeDtypeStruct:
   """The shape of one input of network ``name``: ``(1, size)`` int32 token ids for a text model
   (``size`` tokens), else (any other name) a ``(1, size, size, 3)`` float32 image.
