@@ -50,7 +50,7 @@ def _reference_grads(x, kernel, strides, padding, g):
   return jax.grad(f, argnums=(0, 1))(x, kernel)
 
 
-@pytest.mark.parametrize("formulation", ["shifted", "xla"])
+@pytest.mark.parametrize("formulation", ["shifted", "sliced", "xla"])
 @pytest.mark.parametrize("i", range(len(SHAPES)), ids=IDS)
 def test_forward_and_gradients_equal_xla_conv(i, formulation):
   x, kernel, strides, padding, ref, g = _case(i)
@@ -89,6 +89,9 @@ def test_forward_and_weight_grad_temp_is_at_most_one_padded_copy():
     fwd = xla.compiled_stats(lambda x: depthwise.conv(x, kernel, (1, 1), padding), x)
     dw = xla.compiled_stats(lambda x: depthwise.weight_grad(x, x, (3, 3), (1, 1), padding), x)
   assert fwd["temp_bytes"] <= padded, fwd
+  with depthwise.formulation("sliced"):  # reads the input in place: no padded copy at all
+    sliced = xla.compiled_stats(lambda x: depthwise.conv(x, kernel, (1, 1), padding), x)
+  assert sliced["temp_bytes"] < padded // 8, sliced
   partial_sums = 9 * 24 * 8 * 4  # per tap, one row of sums per output column
   assert dw["temp_bytes"] <= padded + 2 * partial_sums, dw  # the products are never stored
 
@@ -104,7 +107,7 @@ def test_selective_conv_uses_the_fast_formulation_and_stays_exact():
   x, kernel, strides, padding, _, g = _case(1, c=6)
   idx = jnp.array([5, 0, 2], jnp.int32)
   grads = {}
-  for name in ("shifted", "xla"):
+  for name in ("shifted", "sliced", "xla"):
     with depthwise.formulation(name):
       f = jax.jit(jax.grad(lambda x, w: jnp.sum(
           ops.selective_conv(x, w, idx, strides, padding, x.shape[-1]) * g), argnums=(0, 1)))
@@ -112,8 +115,9 @@ def test_selective_conv_uses_the_fast_formulation_and_stays_exact():
       hlo = f.lower(x, kernel).as_text()
     # The shifted formulation has no grouped convolution left in the program.
     assert ("feature_group_count" in hlo) == (name == "xla")
-  for a, b in zip(grads["shifted"], grads["xla"]):
-    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-4)
+  for name in ("shifted", "sliced"):
+    for a, b in zip(grads[name], grads["xla"]):
+      np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-4)
 
 
 def test_bad_formulation_names_are_refused(monkeypatch):

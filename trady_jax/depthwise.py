@@ -11,6 +11,11 @@ MobileNetV2 are 16 % of its conv MACs and over 90 % of its conv time). Written a
 shifted slices of the padded input, each scaled by one kernel tap and summed, the same
 arithmetic fuses into one elementwise loop and runs 10-50x faster. Its transposes are as simple:
 
+* forward without a padded copy (``sliced``): the output splits, along each axis, into the border
+  rows / columns whose valid taps differ and the interior where all taps are valid; each block is
+  a sum of strided slices of the unpadded input, and the blocks are concatenated. Inside a
+  training step this fuses into one loop that reads the input in place, where the padded form
+  makes XLA materialise a padded copy beside the input (and the input's producer) at the peak;
 * input gradient (what every layer on the gradient path pays): the linear transpose of those
   slices is a sum of padded copies of ``g * W[a, b]``, again one fused loop;
 * kernel gradient (paper Eq. 2 restricted to the selected channels, Eq. 4 for its cost)::
@@ -37,6 +42,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import itertools
 import os
 from typing import Iterator, Sequence
 
@@ -47,21 +53,21 @@ from jax import lax
 Padding = tuple[tuple[int, int], ...]
 
 # Backend -> operation -> formulation, as measured on each (``experiments/profile_layers.py
-# --depthwise`` times both per operation; ``bench_step.py`` the whole step). On CPU the shifted
-# forms run 10-100x faster forward and input gradient, 3-20x faster kernel gradient. But the
-# shifted forward makes a zero-padded copy of its input, and inside a training step XLA keeps it
-# beside the input on the gradient path (mbv2-w0.35, batch 32, budget 27,946: selective step temp
-# 14.7 instead of 10.3 MiB). So on CPU it runs only where no backward follows ("frozen_forward":
-# the chunked frozen prefix and evaluation, where the copy is one chunk's and transient); layers on
-# the gradient path keep XLA's forward, and the memory the papers' budget is about stays as it
-# was. The kernel gradient of a few *selected* channels stays XLA's too: small either way, and
-# the shifted one's padded copies raise the peak. On an H100 (CUDA) the two are within 25 % per
+# --depthwise`` times them per operation; ``bench_step.py`` the whole step). On CPU the shifted
+# forms run 10-100x faster forward and input gradient, 3-20x faster kernel gradient. The padded
+# ("shifted") forward makes a zero-padded copy of its input, which inside a training step sits
+# beside the input and its producer's output at the step's peak (mbv2-w0.35, batch 32, budget
+# 27,946: selective step temp 14.7 instead of 10.4 MiB with XLA's forward); the "sliced" forward
+# reads the input in place and keeps the peak where XLA's left it (10.3 MiB) at the shifted
+# forms' speed (that step 0.08 instead of 0.57 s, full fine-tuning 0.31 instead of 2.2 s). The
+# kernel gradient of a few *selected* channels stays XLA's: small either way, and the shifted
+# one's padded copies raise the peak. On an H100 (CUDA) the two are within 25 % per
 # operation (mbv2-w0.35, batch 32, summed over 17 layers, shifted vs XLA: forward 1.9 vs 2.3 ms,
 # input gradient 2.1 vs 2.4 ms, kernel gradient 3.1 vs 2.4 ms), and the shifted forward lowers
 # the full step's temp memory there (148 vs 216 MiB).
 OPERATIONS = ("forward", "frozen_forward", "input_grad", "weight_grad", "selected_weight_grad")
 FORMULATIONS = {
-    "cpu": {"forward": "xla", "frozen_forward": "shifted", "input_grad": "shifted",
+    "cpu": {"forward": "sliced", "frozen_forward": "sliced", "input_grad": "shifted",
             "weight_grad": "shifted", "selected_weight_grad": "xla"},
     "gpu": {"forward": "shifted", "frozen_forward": "shifted", "input_grad": "shifted",
             "weight_grad": "xla", "selected_weight_grad": "xla"},
@@ -70,7 +76,8 @@ DEFAULT = "xla"  # backends not measured: XLA's own convolution
 _OVERRIDE: list[str] = []
 _UNCHUNKED: list[bool] = []
 _NO_BACKWARD: list[bool] = []
-FORMULATION_NAMES = ("xla", "shifted")
+# "sliced" is a forward formulation; for the gradients it means "shifted".
+FORMULATION_NAMES = ("xla", "shifted", "sliced")
 # Batch chunks per backend: the shifted kernel gradient runs over chunks of the batch whose inputs
 # + cotangents stay under this many bytes (about the L3 cache, so each is read from memory once).
 # None: the whole batch at once (accelerators, where a serial loop of small kernels costs more).
@@ -88,7 +95,8 @@ def _pushed(stack: list, value) -> Iterator[None]:
 
 
 def formulation(name: str) -> contextlib.AbstractContextManager:
-  """Use depthwise formulation ``name`` ('xla' or 'shifted') for code traced in this block."""
+  """Use depthwise formulation ``name`` ('xla', 'shifted' or 'sliced') for code traced in this
+  block."""
   if name not in FORMULATION_NAMES:
     raise ValueError(f"unknown depthwise formulation {name!r}; choose from "
                      f"{FORMULATION_NAMES}")
@@ -165,6 +173,48 @@ def shifted_conv(x: jax.Array, kernel: jax.Array, strides: Sequence[int],
   return y
 
 
+def _valid_taps(size: int, k: int, s: int, low: int, out: int) -> list[tuple[int, int, tuple]]:
+  """Along one axis: ``(start, stop, taps)`` runs of output positions whose valid kernel taps
+  (those reading inside the unpadded input) are the same.
+
+  >>> _valid_taps(5, 3, 1, 1, 5)  # a 3-tap kernel, padding 1: two border rows, the interior
+  [(0, 1, (1, 2)), (1, 4, (0, 1, 2)), (4, 5, (0, 1))]
+  """
+  taps = [tuple(a for a in range(k) if 0 <= i * s + a - low < size) for i in range(out)]
+  runs, start = [], 0
+  for i in range(1, out + 1):
+    if i == out or taps[i] != taps[start]:
+      runs.append((start, i, taps[start]))
+      start = i
+  return runs
+
+
+def sliced_conv(x: jax.Array, kernel: jax.Array, strides: Sequence[int],
+                padding: Padding) -> jax.Array:
+  """Depthwise conv as sums of strided slices of the unpadded input, block by block of the
+  output (border rows and columns, interior), concatenated: no padded copy of ``x``."""
+  kh, kw, _, c_out = kernel.shape
+  x = _repeat(x, c_out // x.shape[-1])
+  n, c = x.shape[0], x.shape[-1]
+  axes = [_valid_taps(x.shape[1 + i], kernel.shape[i], strides[i], padding[i][0],
+                      _out_size(x.shape[1 + i], padding[i], kernel.shape[i], strides[i]))
+          for i in range(2)]
+  rows = []
+  for i0, i1, taps_h in axes[0]:
+    blocks = []
+    for j0, j1, taps_w in axes[1]:
+      y = jnp.zeros((n, i1 - i0, j1 - j0, c), x.dtype)
+      for a, b in itertools.product(taps_h, taps_w):
+        r, q = i0 * strides[0] + a - padding[0][0], j0 * strides[1] + b - padding[1][0]
+        tap = lax.slice(x, (0, r, q, 0), (n, r + (i1 - i0 - 1) * strides[0] + 1,
+                                          q + (j1 - j0 - 1) * strides[1] + 1, c),
+                        (1, strides[0], strides[1], 1))
+        y = y + tap * kernel[a, b, 0]
+      blocks.append(y)
+    rows.append(jnp.concatenate(blocks, axis=2))
+  return jnp.concatenate(rows, axis=1)
+
+
 def _xla_conv(x, kernel, strides, padding):
   return lax.conv_general_dilated(x, kernel, tuple(strides), padding,
                                   feature_group_count=x.shape[-1],
@@ -174,7 +224,7 @@ def _xla_conv(x, kernel, strides, padding):
 def input_grad(g: jax.Array, kernel: jax.Array, x_shape: Sequence[int], strides: Sequence[int],
                padding: Padding) -> jax.Array:
   """``dL/dx`` of a depthwise conv from its output cotangent ``g`` (needs only the kernel)."""
-  fwd = shifted_conv if active_formulation("input_grad") == "shifted" else _xla_conv
+  fwd = _xla_conv if active_formulation("input_grad") == "xla" else shifted_conv
   aval = jax.ShapeDtypeStruct(tuple(x_shape), g.dtype)
   (dx,) = jax.linear_transpose(lambda x: fwd(x, kernel, strides, padding), aval)(g)
   return dx
@@ -240,9 +290,9 @@ def conv(x: jax.Array, kernel: jax.Array, strides: tuple[int, int], padding: Pad
   Its VJP keeps ``x`` and the kernel (as autodiff of ``lax.conv_general_dilated`` does) and
   computes both gradients with ``input_grad`` and ``weight_grad``.
   """
-  if active_formulation("frozen_forward" if _NO_BACKWARD else "forward") == "xla":
-    return _xla_conv(x, kernel, strides, padding)
-  return shifted_conv(x, kernel, strides, padding)
+  name = active_formulation("frozen_forward" if _NO_BACKWARD else "forward")
+  fwd = {"xla": _xla_conv, "shifted": shifted_conv, "sliced": sliced_conv}[name]
+  return fwd(x, kernel, strides, padding)
 
 
 def _conv_fwd(x, kernel, strides, padding):
