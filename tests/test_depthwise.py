@@ -141,3 +141,17 @@ def test_forward_without_backward_has_its_own_formulation(monkeypatch):
     g = lambda x: depthwise.conv(x, kernel, strides, padding)  # jit caches by function
     assert "feature_group_count" not in jax.jit(g).lower(x).as_text()
     np.testing.assert_allclose(jax.jit(g)(x), ref, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("formulation", ["sliced", "xla"])
+def test_a_frozen_kernel_keeps_no_input_and_passes_the_exact_input_gradient(formulation):
+  x, kernel, strides, padding, _, g = _case(1)
+  f = lambda x, w: jnp.sum(depthwise.conv(x * 3.0, w, strides, padding) * g)
+  with depthwise.formulation(formulation):
+    frozen = lambda x: f(x, lax.stop_gradient(kernel))
+    kept = xla.residual_bytes(frozen, x)["float_activations"]
+    trained = xla.residual_bytes(lambda p: f(*p), (x, kernel))["float_activations"]
+    dx = jax.jit(jax.grad(frozen))(x)
+  assert trained - kept == x.size * 4  # the layer input (x * 3) is kept only to train the kernel
+  rdx, _ = _reference_grads(x * 3.0, kernel, strides, padding, g)
+  np.testing.assert_allclose(dx, 3.0 * rdx, rtol=1e-5, atol=1e-4)

@@ -288,7 +288,9 @@ def conv(x: jax.Array, kernel: jax.Array, strides: tuple[int, int], padding: Pad
   """Depthwise convolution (NHWC input, ``(kh, kw, 1, C*m)`` kernel) in the active formulation.
 
   Its VJP keeps ``x`` and the kernel (as autodiff of ``lax.conv_general_dilated`` does) and
-  computes both gradients with ``input_grad`` and ``weight_grad``.
+  computes both gradients with ``input_grad`` and ``weight_grad``; for a frozen kernel (one that
+  no gradient is asked of, e.g. under ``stop_gradient``) it keeps the kernel alone and computes
+  the input gradient only, so ``x`` is not a residual of the layer at all.
   """
   name = active_formulation("frozen_forward" if _NO_BACKWARD else "forward")
   fwd = {"xla": _xla_conv, "shifted": shifted_conv, "sliced": sliced_conv}[name]
@@ -296,13 +298,21 @@ def conv(x: jax.Array, kernel: jax.Array, strides: tuple[int, int], padding: Pad
 
 
 def _conv_fwd(x, kernel, strides, padding):
-  return conv(x, kernel, strides, padding), (x, kernel)
+  # symbolic_zeros: x and kernel arrive as CustomVJPPrimal(value, perturbed)
+  y = conv(x.value, kernel.value, strides, padding)
+  # a frozen kernel: no x, only its shape (an empty array of one example's shape and dtype)
+  keep_x = x.value if kernel.perturbed else jnp.empty((0, *x.value.shape[1:]), x.value.dtype)
+  return y, (keep_x, kernel.value)
 
 
 def _conv_bwd(strides, padding, residuals, g):
   x, kernel = residuals
-  return (input_grad(g, kernel, x.shape, strides, padding),
-          weight_grad(x, g, kernel.shape[:2], strides, padding))
+  x_shape = (g.shape[0], *x.shape[1:])
+  if isinstance(g, jax.custom_derivatives.SymbolicZero):
+    return jnp.zeros(x_shape, x.dtype), jnp.zeros_like(kernel)
+  dw = (jnp.zeros_like(kernel) if x.shape[0] == 0
+        else weight_grad(x, g, kernel.shape[:2], strides, padding))
+  return input_grad(g, kernel, x_shape, strides, padding), dw
 
 
-conv.defvjp(_conv_fwd, _conv_bwd)
+conv.defvjp(_conv_fwd, _conv_bwd, symbolic_zeros=True)
