@@ -178,11 +178,6 @@ class Normalized(NamedTuple):
     return self.x_hat * self.scale + self.bias
 
 
-def norm_output(x: jax.Array | Normalized) -> jax.Array:
-  """``x`` itself, or a ``Normalized``'s output."""
-  return x.output() if isinstance(x, Normalized) else x
-
-
 class LayerNorm(nn.Module):
   """Layer normalisation over the last axis, ``(x - mean) / sqrt(var + epsilon) * scale + bias``,
   whose scale and shift are gated like every other leaf: trained whole without a selection,
