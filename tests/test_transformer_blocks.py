@@ -34,6 +34,17 @@ def test_recomputation_is_exact_and_keeps_less(plain, recomputed, args):
   assert r1["float_activations"] < r0["float_activations"]
 
 
+def test_a_recomputing_sublayer_runs_once_per_eager_forward():
+  calls = []
+  counted = lambda x: calls.append(1) or gelu(x)
+  module = MLP(32, activation=counted, recompute=True, chunks=1)
+  variables = module.init(jax.random.key(1), _X)  # creating the variables runs it once more
+  calls.clear()
+  y = module.apply(variables, _X)
+  assert len(calls) == 1
+  np.testing.assert_allclose(y, MLP(32).apply(variables, _X), rtol=1e-6, atol=1e-6)
+
+
 def test_gelu_is_exact_and_its_gradient_autodiff():
   x = jnp.linspace(-6, 6, 101)
   np.testing.assert_allclose(gelu(x), jax.nn.gelu(x, approximate=False), atol=1e-6)

@@ -213,7 +213,8 @@ def recompute_through(layers: Sequence[SelectiveDense], fn: Callable, x: jax.Arr
   row of ``x`` alone): the backward pass keeps ``x``, ``args`` and the layers' parameters, and
   recomputes ``fn``, selective layers included (their selections are read, not differentiated).
   Call it inside the ``nn.compact`` method that owns ``layers``."""
-  fn(layers, x, *args)  # binds the layers' variables (creates them at init); the value is unused
+  if layers[0].is_initializing():
+    fn(layers, x, *args)  # creates the layers' variables; the value is unused
   variables = [layer.variables for layer in layers]
   unbound = [layer.clone(parent=None) for layer in layers]
 
