@@ -2,12 +2,14 @@
 
     python experiments/profile_layers.py --arch mbv2-w0.35 --batch 32
     python experiments/profile_layers.py --depthwise          # XLA's vs the shifted formulation
+    python experiments/profile_layers.py --pointwise          # XLA's vs the matrix-product one
 
 Times every conv layer of the model in isolation at its real shape: the forward pass, the input
 gradient (what every layer on the gradient path pays) and the full weight gradient (what full
 fine-tuning pays), and sums them by kind, in the formulation ``trady_jax.depthwise`` chooses for
 this backend. ``--depthwise`` times the depthwise layers in both formulations, operation by
-operation, and says which is faster here: the measurement behind ``depthwise.FORMULATIONS``.
+operation, and says which is faster here: the measurement behind ``depthwise.FORMULATIONS``;
+``--pointwise`` does the same for the 1x1 layers (``pointwise.FORMULATIONS``).
 """
 
 from __future__ import annotations
@@ -15,17 +17,19 @@ from __future__ import annotations
 import argparse
 import collections
 import json
+from typing import Callable
 
 import jax
 
 from trady_jax import experiment
 from trady_jax import costs as costs_lib
-from trady_jax import depthwise, ops, paper, xla
+from trady_jax import depthwise, ops, paper, pointwise, xla
 from trady_jax.layers import explicit_padding
 
 
-def time_layer(layer, batch: int, key) -> dict[str, float]:
-  """Median seconds of one conv layer's forward, input gradient and full weight gradient."""
+def layer_calls(layer, batch: int, key) -> dict[str, Callable[[], jax.Array]]:
+  """Zero-argument calls of one conv layer at its real shape: the forward pass, the input gradient
+  and the full weight gradient, traced now (in the formulations active now)."""
   g = layer.groups
   x = jax.random.normal(key, (batch, *layer.in_hw, layer.in_channels))
   w = jax.random.normal(key, (*layer.kernel_size, layer.in_channels // g, layer.out_channels))
@@ -35,8 +39,14 @@ def time_layer(layer, batch: int, key) -> dict[str, float]:
   y = fwd(x, w)
   dx = jax.jit(lambda x, w, y: jax.vjp(lambda x: conv(x, w), x)[1](y)[0])
   dw = jax.jit(lambda x, w, y: jax.vjp(lambda w: conv(x, w), w)[1](y)[0])
-  return {"forward_s": xla.median_time(fwd, x, w), "input_grad_s": xla.median_time(dx, x, w, y),
-          "weight_grad_s": xla.median_time(dw, x, w, y)}
+  dx(x, w, y), dw(x, w, y)  # traced here, in the formulations active now
+  return {"forward_s": lambda: fwd(x, w), "input_grad_s": lambda: dx(x, w, y),
+          "weight_grad_s": lambda: dw(x, w, y)}
+
+
+def time_layer(layer, batch: int, key) -> dict[str, float]:
+  """Median seconds of one conv layer's forward, input gradient and full weight gradient."""
+  return xla.interleaved_median_times(layer_calls(layer, batch, key))
 
 
 def main(argv=None):
@@ -45,7 +55,9 @@ def main(argv=None):
   ap.add_argument("--batch", type=int, default=paper.BATCH_SIZE)
   ap.add_argument("--image-size", type=int, default=128)
   ap.add_argument("--depthwise", action="store_true",
-                  help="time the depthwise layers in both formulations (xla, shifted)")
+                  help="time the depthwise layers in each formulation (xla, shifted, sliced)")
+  ap.add_argument("--pointwise", action="store_true",
+                  help="time the pointwise layers in each formulation (xla, dot)")
   ap.add_argument("--json", action="store_true")
   args = ap.parse_args(argv)
   model, _, _ = experiment.load_model(args.arch, 10, pretrained=False)
@@ -54,7 +66,9 @@ def main(argv=None):
   print(f"{args.arch}, batch {args.batch}, {args.image_size}x{args.image_size}, backend "
         f"{jax.default_backend()}: seconds per step (median of 5) summed over layers")
   if args.depthwise:
-    return compare_depthwise(net, args, key)
+    return compare_formulations(net, args, key, "depthwise", depthwise)
+  if args.pointwise:
+    return compare_formulations(net, args, key, "pointwise", pointwise)
   by_kind = collections.defaultdict(lambda: collections.Counter())
   for l in net.convs:
     c = by_kind[l.kind]
@@ -77,28 +91,32 @@ def main(argv=None):
   return report
 
 
-def compare_depthwise(net, args, key) -> dict:
-  """Each depthwise operation summed over the layers, per formulation, and the faster one."""
-  layers = [l for l in net.convs if l.kind == "depthwise"]
-  totals = {}
-  for name in depthwise.FORMULATION_NAMES:
-    with depthwise.formulation(name):
-      totals[name] = collections.Counter()
-      for l in layers:
-        totals[name].update(time_layer(l, args.batch, key))
+def compare_formulations(net, args, key, kind: str, module) -> dict:
+  """Each operation of the ``kind`` layers summed over the layers, per formulation of ``module``
+  (``depthwise`` or ``pointwise``), and the faster one."""
+  layers = [l for l in net.convs if l.kind == kind]
+  totals = {name: collections.Counter() for name in module.FORMULATION_NAMES}
+  for l in layers:  # each layer's formulations timed in interleaved rounds, so drift weighs alike
+    calls = {}
+    for name in module.FORMULATION_NAMES:
+      with module.formulation(name):
+        calls.update({(name, op): c for op, c in layer_calls(l, args.batch, key).items()})
+    for (name, op), t in xla.interleaved_median_times(calls, repeats=9).items():
+      totals[name][op] += t
   ops_ = ("forward_s", "input_grad_s", "weight_grad_s")
-  print(f"{len(layers)} depthwise layers")
+  print(f"{len(layers)} {kind} layers")
   print(f"{'operation':<14}" + "".join(f"{n:>10}" for n in totals) + f"{'faster':>10}")
   best = {}
   for op in ops_:
     best[op] = min(totals, key=lambda n: totals[n][op])
     print(f"{op[:-2]:<14}" + "".join(f"{totals[n][op]:>10.4f}" for n in totals) +
           f"{best[op]:>10}")
+  chosen = ({op: module.active_formulation(op) for op in module.OPERATIONS}
+            if kind == "depthwise" else module.active_formulation())
   report = {"arch": args.arch, "batch": args.batch, "backend": jax.default_backend(),
-            "depthwise_layers": len(layers),
+            f"{kind}_layers": len(layers),
             "seconds": {n: {k: float(v) for k, v in c.items()} for n, c in totals.items()},
-            "faster": best, "chosen": {op: depthwise.active_formulation(op)
-                                       for op in depthwise.OPERATIONS}}
+            "faster": best, "chosen": chosen}
   if args.json:
     print(json.dumps(report))
   return report

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from jax import lax
 
-from trady_jax import depthwise, ops, xla
+from trady_jax import depthwise, ops, pointwise, xla
 from trady_jax.layers import explicit_padding
 
 # Every kernel size, stride and multiplier the models use, symmetric and asymmetric padding,
@@ -120,15 +120,17 @@ def test_selective_conv_uses_the_fast_formulation_and_stays_exact():
       np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-4)
 
 
-def test_bad_formulation_names_are_refused(monkeypatch):
-  with pytest.raises(ValueError, match="unknown depthwise formulation"):
-    with depthwise.formulation("fast"):
+@pytest.mark.parametrize("module", [depthwise, pointwise], ids=["depthwise", "pointwise"])
+def test_bad_formulation_names_are_refused(module, monkeypatch):
+  kind = module.__name__.rsplit(".", 1)[-1]
+  with pytest.raises(ValueError, match=f"unknown {kind} formulation"):
+    with module.formulation("fast"):
       pass
-  monkeypatch.setenv("TRADY_JAX_DEPTHWISE", "cudnn")
-  with pytest.raises(ValueError, match="TRADY_JAX_DEPTHWISE"):
-    depthwise.active_formulation()
-  monkeypatch.setenv("TRADY_JAX_DEPTHWISE", "xla")
-  assert depthwise.active_formulation() == "xla"
+  monkeypatch.setenv(f"TRADY_JAX_{kind.upper()}", "cudnn")
+  with pytest.raises(ValueError, match=f"TRADY_JAX_{kind.upper()}"):
+    module.active_formulation()
+  monkeypatch.setenv(f"TRADY_JAX_{kind.upper()}", "xla")
+  assert module.active_formulation() == "xla"
 
 
 def test_forward_without_backward_has_its_own_formulation(monkeypatch):

@@ -41,7 +41,6 @@ unchanged memory; ``ops.selective_conv`` calls ``input_grad`` and ``weight_grad`
 from __future__ import annotations
 
 import contextlib
-import functools
 import itertools
 import os
 from typing import Iterator, Sequence
@@ -49,6 +48,8 @@ from typing import Iterator, Sequence
 import jax
 import jax.numpy as jnp
 from jax import lax
+
+from trady_jax import conv_vjp
 
 Padding = tuple[tuple[int, int], ...]
 
@@ -283,36 +284,20 @@ def weight_grad(x: jax.Array, g: jax.Array, kernel_hw: Sequence[int], strides: S
   return jnp.sum(sums, axis=1).reshape(kh, kw, 1, c_out)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def conv(x: jax.Array, kernel: jax.Array, strides: tuple[int, int], padding: Padding) -> jax.Array:
-  """Depthwise convolution (NHWC input, ``(kh, kw, 1, C*m)`` kernel) in the active formulation.
-
-  Its VJP keeps ``x`` and the kernel (as autodiff of ``lax.conv_general_dilated`` does) and
-  computes both gradients with ``input_grad`` and ``weight_grad``; for a frozen kernel (one that
-  no gradient is asked of, e.g. under ``stop_gradient``) it keeps the kernel alone and computes
-  the input gradient only, so ``x`` is not a residual of the layer at all.
-  """
+def _active_forward(x: jax.Array, kernel: jax.Array, strides: tuple[int, int],
+                    padding: Padding) -> jax.Array:
   name = active_formulation("frozen_forward" if _NO_BACKWARD else "forward")
   fwd = {"xla": _xla_conv, "shifted": shifted_conv, "sliced": sliced_conv}[name]
   return fwd(x, kernel, strides, padding)
 
 
-def _conv_fwd(x, kernel, strides, padding):
-  # symbolic_zeros: x and kernel arrive as CustomVJPPrimal(value, perturbed)
-  y = conv(x.value, kernel.value, strides, padding)
-  # a frozen kernel: no x, only its shape (an empty array of one example's shape and dtype)
-  keep_x = x.value if kernel.perturbed else jnp.empty((0, *x.value.shape[1:]), x.value.dtype)
-  return y, (keep_x, kernel.value)
+conv = conv_vjp.with_gradients(
+    _active_forward, input_grad,
+    lambda x, g, kernel, strides, padding: weight_grad(x, g, kernel.shape[:2], strides, padding))
+conv.__doc__ = """Depthwise convolution ``conv(x, kernel, strides, padding)`` (NHWC input,
+``(kh, kw, 1, C*m)`` kernel) in the active formulation.
 
-
-def _conv_bwd(strides, padding, residuals, g):
-  x, kernel = residuals
-  x_shape = (g.shape[0], *x.shape[1:])
-  if isinstance(g, jax.custom_derivatives.SymbolicZero):
-    return jnp.zeros(x_shape, x.dtype), jnp.zeros_like(kernel)
-  dw = (jnp.zeros_like(kernel) if x.shape[0] == 0
-        else weight_grad(x, g, kernel.shape[:2], strides, padding))
-  return input_grad(g, kernel, x_shape, strides, padding), dw
-
-
-conv.defvjp(_conv_fwd, _conv_bwd, symbolic_zeros=True)
+Its VJP (``conv_vjp.with_gradients``) computes both gradients with ``input_grad`` and
+``weight_grad``; it keeps ``x`` and the kernel, as autodiff of ``lax.conv_general_dilated`` does,
+and for a frozen kernel the kernel alone.
+"""

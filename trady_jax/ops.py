@@ -35,7 +35,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from trady_jax import depthwise
+from trady_jax import depthwise, pointwise
 
 Padding = tuple[tuple[int, int], ...]
 
@@ -47,10 +47,14 @@ def conv2d(x: jax.Array, kernel: jax.Array, strides: Sequence[int], padding: Pad
   """Plain NHWC/HWIO grouped convolution (the forward of every conv layer).
 
   Depthwise convolutions run in ``depthwise``'s formulation for the backend (shifted
-  multiply-adds on CPU, where XLA's grouped convolution is slow); every other kind in XLA's.
+  multiply-adds on CPU, where XLA's grouped convolution is slow), pointwise ones in
+  ``pointwise``'s (one matrix product on CPU); every other kind in XLA's.
   """
-  if conv_kind(kernel.shape, groups) == "depthwise":
+  kind = conv_kind(kernel.shape, groups)
+  if kind == "depthwise":
     return depthwise.conv(x, kernel, tuple(strides), padding)
+  if kind == "pointwise":
+    return pointwise.conv(x, kernel, tuple(strides), padding)
   return lax.conv_general_dilated(
       x, kernel, window_strides=tuple(strides), padding=padding,
       feature_group_count=groups, dimension_numbers=_DIMENSION_NUMBERS)
@@ -118,28 +122,36 @@ def _selective_conv_bwd(strides, padding, groups, residuals, g):
   x_sel, kernel, idx = residuals
   n, h, w, _ = x_sel.shape
   kh, kw, cin_per_group, cout = kernel.shape
-  c_in = cin_per_group * groups
-  x_shape = (n, h, w, c_in)
-  depthwise_kind = conv_kind(kernel.shape, groups) == "depthwise"
-  if depthwise_kind:
-    dx = depthwise.input_grad(g, kernel, x_shape, strides, padding)
-  else:
-    (dx,) = jax.linear_transpose(lambda x: conv2d(x, kernel, strides, padding, groups),
-                                 jax.ShapeDtypeStruct(x_shape, x_sel.dtype))(g)
+  x_shape = (n, h, w, cin_per_group * groups)
+  kind = conv_kind(kernel.shape, groups)
+  dx = _input_grad(g, kernel, x_shape, strides, padding, groups)
   k = idx.shape[0]
   if k == 0:
     return dx, jnp.zeros_like(kernel), None
-  if depthwise_kind:
-    out_idx = _output_channels(idx, cout // c_in)
+  if kind == "depthwise":
+    out_idx = _output_channels(idx, cout // x_shape[-1])
     dw_sel = depthwise.weight_grad(x_sel, _gather(g, out_idx), (kh, kw), strides,
                                    padding, selected=True)
-    dw = jnp.zeros_like(kernel).at[:, :, :, out_idx].set(dw_sel, mode="drop")
+    return dx, jnp.zeros_like(kernel).at[:, :, :, out_idx].set(dw_sel, mode="drop"), None
+  if kind == "pointwise":
+    dw_sel = pointwise.weight_grad(x_sel, g, strides, padding)
   else:
     w_aval = jax.ShapeDtypeStruct((kh, kw, k, cout), kernel.dtype)
     (dw_sel,) = jax.linear_transpose(
         lambda w: conv2d(x_sel, w, strides, padding, 1), w_aval)(g)
-    dw = jnp.zeros_like(kernel).at[:, :, idx, :].set(dw_sel, mode="drop")
-  return dx, dw, None
+  return dx, jnp.zeros_like(kernel).at[:, :, idx, :].set(dw_sel, mode="drop"), None
+
+
+def _input_grad(g, kernel, x_shape, strides, padding, groups):
+  """``dL/dx`` of ``conv2d`` from its output cotangent, in the kind's fastest formulation."""
+  kind = conv_kind(kernel.shape, groups)
+  if kind == "depthwise":
+    return depthwise.input_grad(g, kernel, x_shape, strides, padding)
+  if kind == "pointwise":
+    return pointwise.input_grad(g, kernel, x_shape, strides, padding)
+  (dx,) = jax.linear_transpose(lambda x: conv2d(x, kernel, strides, padding, groups),
+                               jax.ShapeDtypeStruct(x_shape, g.dtype))(g)
+  return dx
 
 
 selective_conv.defvjp(_selective_conv_fwd, _selective_conv_bwd)
@@ -167,18 +179,16 @@ def _output_selective_conv_fwd(x, kernel, out_idx, strides, padding, groups):
 def _output_selective_conv_bwd(strides, padding, groups, residuals, g):
   x, kernel, out_idx = residuals
   kh, kw, cin_per_group, cout = kernel.shape
-  depthwise_kind = conv_kind(kernel.shape, groups) == "depthwise"
-  if depthwise_kind:
-    dx = depthwise.input_grad(g, kernel, x.shape, strides, padding)
-  else:
-    (dx,) = jax.linear_transpose(lambda x: conv2d(x, kernel, strides, padding, groups),
-                                 jax.ShapeDtypeStruct(x.shape, x.dtype))(g)
+  kind = conv_kind(kernel.shape, groups)
+  dx = _input_grad(g, kernel, x.shape, strides, padding, groups)
   if out_idx.shape[0] == 0:
     return dx, jnp.zeros_like(kernel), None
   g_sel = _gather(g, out_idx)
-  if depthwise_kind:  # output channel o reads input channel o // multiplier only
+  if kind == "depthwise":  # output channel o reads input channel o // multiplier only
     x_sel = _gather(x, out_idx // (cout // groups))
     dw_sel = depthwise.weight_grad(x_sel, g_sel, (kh, kw), strides, padding, selected=True)
+  elif kind == "pointwise":
+    dw_sel = pointwise.weight_grad(x, g_sel, strides, padding)
   else:
     w_aval = jax.ShapeDtypeStruct((kh, kw, cin_per_group, out_idx.shape[0]), kernel.dtype)
     (dw_sel,) = jax.linear_transpose(lambda w: conv2d(x, w, strides, padding, 1), w_aval)(g_sel)
