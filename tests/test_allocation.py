@@ -137,6 +137,29 @@ def test_selector_compilations_stay_bounded(tiny):
     step(params, opt, s, batch)
 
 
+def test_fitted_capacities_make_refits_rare_on_fresh_draws(tiny):
+  """Uniform scores over every layer: each layer's 90th percentile alone leaves most draws over
+  the capacities somewhere; the fit raises the quantile until few draws would refit."""
+  _, params, c = tiny
+  sampler = samplers.uniform(params, c, 3000)
+  tol = samplers.OVERFLOW_TOLERANCE * sampler.budget
+
+  def refit_rate(fitted, key):
+    rates = []
+    for k in jax.random.split(key, 64):
+      _, wanted = fitted.draw(k, None)
+      rates.append(fitted.overflow_units({p: int(n) for p, n in wanted.items()}) > tol)
+    return np.mean(rates)
+
+  p90 = sampler.fit(jax.random.key(0), quantile=0.9)
+  fitted = sampler.fit(jax.random.key(0))
+  fresh = jax.random.key(1)  # not the draws the fit saw
+  assert refit_rate(p90, fresh) > 0.2
+  assert refit_rate(fitted, fresh) <= 0.1
+  assert all(fitted.capacity[p] >= k for p, k in p90.capacity.items())
+  assert fitted.padding_units({}) < 2 * p90.padding_units({})  # not every layer at its maximum
+
+
 def test_config_allocation_oracle_and_norm_options():
   cfg = Config()
   assert cfg.allocation == "padded" and cfg.oracle_batches == 0 and cfg.medyate_norm == "last"

@@ -29,12 +29,13 @@ Remaining deviations from the papers, and choices where they are silent:
 * Budget filling (``samplers``): channels in score order while the running total stays within
   ``B_mem`` (at most, not strictly below), stopping at the first that overflows (the predecessor's
   code); weighted rules sample without replacement (Gumbel-top-k). With the default padded
-  allocation each layer's index array has a capacity (90th percentile of its count over 256
-  draws): padded slots store ``padding_units`` of zeros per sample (14,093 units, 50 % of the
-  budget, for medyate on mbv2-w0.35 at 27,946), and a draw that wants more channels of a layer
-  than its capacity gives them to other layers unless that moves over 3 % of the budget (then the
-  capacities are refitted). A layer the fit leaves at capacity 0 (wanted in under a tenth of the
-  draws) thus loses its channels to others until a refit. ``--allocation exact`` has none of this.
+  allocation each layer's index array has a capacity (a quantile of its count over 256 draws:
+  the 90th percentile, raised until under 5 % of the draws would refit): padded slots store
+  ``padding_units`` of zeros per sample (19,381 units, 69 % of the budget, for medyate on
+  mbv2-w0.35 at 27,946), and a draw that wants more channels of a layer than its capacity gives
+  them to other layers unless that moves over 3 % of the budget (then the capacities are
+  refitted). A layer the fit leaves at capacity 0 (wanted in few draws) thus loses its channels
+  to others until a refit. ``--allocation exact`` has none of this.
 * Layer pools come from this library's own offline ranking (the papers' lists are unpublished).
 * Oracles (Det RGN / Det Raw / Prob Raw): the gradient of the whole training split at the
   epoch's starting parameters (not stated in the papers).
