@@ -48,7 +48,7 @@ def conv2d(x: jax.Array, kernel: jax.Array, strides: Sequence[int], padding: Pad
 
   Depthwise convolutions run in ``depthwise``'s formulation for the backend (shifted
   multiply-adds on CPU, where XLA's grouped convolution is slow), pointwise ones in
-  ``pointwise``'s (one matrix product on CPU); every other kind in XLA's.
+  ``pointwise``'s (gradients as matrix products on CPU); every other kind in XLA's.
   """
   kind = conv_kind(kernel.shape, groups)
   if kind == "depthwise":
