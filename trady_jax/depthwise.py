@@ -42,14 +42,13 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-import os
 from typing import Iterator, Sequence
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 
-from trady_jax import conv_vjp
+from trady_jax import conv_vjp, formulations
 
 Padding = tuple[tuple[int, int], ...]
 
@@ -74,34 +73,21 @@ FORMULATIONS = {
             "weight_grad": "xla", "selected_weight_grad": "xla"},
 }
 DEFAULT = "xla"  # backends not measured: XLA's own convolution
-_OVERRIDE: list[str] = []
 _UNCHUNKED: list[bool] = []
 _NO_BACKWARD: list[bool] = []
 # "sliced" is a forward formulation; for the gradients it means "shifted".
 FORMULATION_NAMES = ("xla", "shifted", "sliced")
+_CHOICE = formulations.Choice("depthwise", FORMULATION_NAMES, "TRADY_JAX_DEPTHWISE")
 # Batch chunks per backend: the shifted kernel gradient runs over chunks of the batch whose inputs
 # + cotangents stay under this many bytes (about the L3 cache, so each is read from memory once).
 # None: the whole batch at once (accelerators, where a serial loop of small kernels costs more).
 CHUNK_BYTES = {"cpu": 4 << 20}
 
 
-@contextlib.contextmanager
-def _pushed(stack: list, value) -> Iterator[None]:
-  """``value`` on top of ``stack`` (a trace-time setting) for the block."""
-  stack.append(value)
-  try:
-    yield
-  finally:
-    stack.pop()
-
-
 def formulation(name: str) -> contextlib.AbstractContextManager:
   """Use depthwise formulation ``name`` ('xla', 'shifted' or 'sliced') for code traced in this
   block."""
-  if name not in FORMULATION_NAMES:
-    raise ValueError(f"unknown depthwise formulation {name!r}; choose from "
-                     f"{FORMULATION_NAMES}")
-  return _pushed(_OVERRIDE, name)
+  return _CHOICE.override(name)
 
 
 def unchunked() -> contextlib.AbstractContextManager:
@@ -110,13 +96,13 @@ def unchunked() -> contextlib.AbstractContextManager:
   The same arithmetic without the ``lax.scan`` over batch chunks: XLA's ``cost_analysis`` counts
   a loop body once, so FLOP counts are read from code traced here (``bench_step.py``).
   """
-  return _pushed(_UNCHUNKED, True)
+  return formulations.pushed(_UNCHUNKED, True)
 
 
 def no_backward() -> contextlib.AbstractContextManager:
   """Forward passes traced in this block keep nothing for a backward pass (the chunked frozen
   prefix, evaluation): their convolutions use the ``frozen_forward`` formulation."""
-  return _pushed(_NO_BACKWARD, True)
+  return formulations.pushed(_NO_BACKWARD, True)
 
 
 def active_formulation(operation: str = "forward") -> str:
@@ -126,14 +112,7 @@ def active_formulation(operation: str = "forward") -> str:
   It is read at trace time: a function already compiled keeps the formulation it was traced with
   (``jax.jit`` caches by function and shapes), so wrap a fresh function to compare formulations.
   """
-  if _OVERRIDE:
-    return _OVERRIDE[-1]
-  env = os.environ.get("TRADY_JAX_DEPTHWISE", "")
-  if env:
-    if env not in FORMULATION_NAMES:
-      raise ValueError(f"TRADY_JAX_DEPTHWISE={env!r}: choose from {FORMULATION_NAMES}")
-    return env
-  return FORMULATIONS.get(jax.default_backend(), {}).get(operation, DEFAULT)
+  return _CHOICE.active(FORMULATIONS.get(jax.default_backend(), {}).get(operation, DEFAULT))
 
 
 def _out_size(size: int, pad: tuple[int, int], k: int, s: int) -> int:

@@ -27,47 +27,32 @@ convolution); ``formulation(name)`` overrides it for code traced in a ``with`` b
 from __future__ import annotations
 
 import contextlib
-import os
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 
-from trady_jax import conv_vjp
+from trady_jax import conv_vjp, formulations
 
 Padding = tuple[tuple[int, int], ...]
 
 FORMULATION_NAMES = ("xla", "dot")
 FORMULATIONS = {"cpu": "dot"}
 DEFAULT = "xla"
-_OVERRIDE: list[str] = []
+_CHOICE = formulations.Choice("pointwise", FORMULATION_NAMES, "TRADY_JAX_POINTWISE")
 
 
-@contextlib.contextmanager
-def formulation(name: str) -> Iterator[None]:
+def formulation(name: str) -> contextlib.AbstractContextManager:
   """Use pointwise formulation ``name`` ('xla' or 'dot') for code traced in this block."""
-  if name not in FORMULATION_NAMES:
-    raise ValueError(f"unknown pointwise formulation {name!r}; choose from {FORMULATION_NAMES}")
-  _OVERRIDE.append(name)
-  try:
-    yield
-  finally:
-    _OVERRIDE.pop()
+  return _CHOICE.override(name)
 
 
 def active_formulation() -> str:
   """The formulation for code traced now: the innermost ``formulation`` block, else
   ``$TRADY_JAX_POINTWISE``, else the backend's measured choice (read at trace time, as
   ``depthwise.active_formulation``)."""
-  if _OVERRIDE:
-    return _OVERRIDE[-1]
-  env = os.environ.get("TRADY_JAX_POINTWISE", "")
-  if env:
-    if env not in FORMULATION_NAMES:
-      raise ValueError(f"TRADY_JAX_POINTWISE={env!r}: choose from {FORMULATION_NAMES}")
-    return env
-  return FORMULATIONS.get(jax.default_backend(), DEFAULT)
+  return _CHOICE.active(FORMULATIONS.get(jax.default_backend(), DEFAULT))
 
 
 def _xla_conv(x, kernel, strides, padding):
