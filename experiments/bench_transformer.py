@@ -11,7 +11,16 @@ transformer names).
   smallest proportional budget), uniform over the top-K layers holding 97 % of the layer RGN;
 * ``full_recompute`` / ``trady_recompute``: the same with the config's ``recompute`` (q / k / v
   and ``gelu(fc1(x))`` recomputed in the backward pass, the MLP's in batch slices; FLOPs counted
-  on the same step without the slice loop).
+  on the same step without the slice loop);
+* ``path_floor`` / ``path_floor_recompute``: the trady step with one channel of the selection's
+  shallowest layer trained and nothing else but the classifier. Its FLOPs are the forward pass plus
+  the input gradients down to that layer: the least any selection reaching that deep computes,
+  whatever it trains (paper: TraDy App. A counts weight-derivative FLOPs only, and notes that the
+  activation-derivative FLOPs depend on the deepest updated layer).
+
+``--min-layer N`` restricts TraDy's pool to the charged layers from index ``N`` on: what the step
+would cost under a ranking whose top-K stops there (a what-if; the papers' rankings pick the
+top-K by RGN alone).
 
 The network is randomly initialised (memory and FLOPs do not depend on the weights) and the RGN
 ranking is computed on the spot from ``--rank-steps`` generated batches: a ranking of a
@@ -34,6 +43,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from trady_jax import host_memory
 from trady_jax import costs as costs_lib
 from trady_jax import paper, ranking, rankings, samplers, sparse_update, steps, xla
 from trady_jax import selection as sel
@@ -106,8 +116,11 @@ def main(argv=None) -> dict:
   ap.add_argument("--rank-steps", type=int, default=2)
   ap.add_argument("--rank-batch", type=int, default=4)
   ap.add_argument("--share", type=float, default=paper.TOPK_SHARE)
+  ap.add_argument("--min-layer", type=int, default=0,
+                  help="what-if: keep only top-K layers with charged index >= N")
   ap.add_argument("--repeats", type=int, default=1, help="timed calls per step; 0: compile only")
-  ap.add_argument("--cases", default="full,masked,trady,full_recompute,trady_recompute",
+  ap.add_argument("--cases", default="full,masked,trady,full_recompute,trady_recompute,"
+                                     "path_floor,path_floor_recompute",
                   help="comma list of the steps to measure (full is always measured)")
   ap.add_argument("--json", action="store_true", help="print one JSON object on the last line")
   args = ap.parse_args(argv)
@@ -126,12 +139,21 @@ def main(argv=None) -> dict:
                     for i in range(args.rank_steps)]
     pool = top_k_pool(model, params, costs, rank_batches, args.share)
     source = f"ranking of the random-init network on {args.rank_steps} generated batches"
+  if args.min_layer:
+    pool = [p for p in pool if costs[p].index >= args.min_layer]
+    if not pool:
+      ap.error(f"--min-layer {args.min_layer}: no top-K layer is that deep "
+               f"({len(costs.charged)} charged layers)")
+    source += f", restricted to layers >= #{args.min_layer} (what-if)"
   first = min(costs[p].index for p in pool)
   print(f"{args.arch}: {len(costs.charged)} charged layers; {source}: top-K {len(pool)} layers "
         f"hold {args.share:.0%} RGN; the shallowest is {costs.charged[first].path} (#{first})")
   sampler = samplers.uniform(params, costs, budget, pool, allocation="fixed")
   selection = jax.jit(sampler.sample)(jax.random.key(0))
   usage = costs.usage(sel.counts(selection))
+  shallowest = costs.charged[first]
+  floor = samplers.uniform(params, costs, shallowest.memory, [shallowest.path],
+                           allocation="fixed").sample(jax.random.key(0))
 
   sgd = optax.sgd(0.01)
   sparse = optax.chain(sparse_update(), optax.sgd(0.01))
@@ -150,7 +172,10 @@ def main(argv=None) -> dict:
            "trady": (steps.make_train_step(model, sparse, prefix_chunks=1), sparse, selection),
            "full_recompute": (steps.make_train_step(recomputed, sgd, prefix_chunks=1), sgd, None),
            "trady_recompute": (steps.make_train_step(recomputed, sparse, prefix_chunks=1), sparse,
-                               selection)}
+                               selection),
+           "path_floor": (steps.make_train_step(model, sparse, prefix_chunks=1), sparse, floor),
+           "path_floor_recompute": (steps.make_train_step(recomputed, sparse, prefix_chunks=1),
+                                    sparse, floor)}
   wanted = {"full", *args.cases.split(",")}
   if unknown := wanted - set(cases):
     ap.error(f"unknown --cases {sorted(unknown)}; known: {sorted(cases)}")
@@ -177,7 +202,8 @@ def main(argv=None) -> dict:
     if name == "masked":  # the full backward pass: what full fine-tuning keeps
       continue
     m, s = (recomputed if name.endswith("recompute") else model,
-            None if name.startswith("full") else selection)
+            None if name.startswith("full") else floor if name.startswith("path_floor")
+            else selection)
     kinds = saved_by_kind(m, params, s, batch)
     report[name]["saved_by_kind"] = kinds
     report[name]["saved_bytes"] = sum(kinds.values())
@@ -202,4 +228,5 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
+  host_memory.reexec_with_tunables()  # huge pages for XLA's per-call scratch (host_memory.py)
   main()
