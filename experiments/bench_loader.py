@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from trady_jax import host_memory
 from trady_jax import experiment
 from trady_jax import data, paper
 from trady_jax.config import Config
@@ -232,4 +233,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+  host_memory.reexec_with_tunables()  # huge pages for XLA's per-call scratch (host_memory.py)
   main()

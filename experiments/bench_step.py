@@ -22,6 +22,11 @@ frozen prefix's batch chunks, ``trady_jax.depthwise``'s kernel-gradient chunks; 
 identical). The trady step's temp memory is broken down into the analytic need of the
 backward pass (selected activations, ReLU masks, cotangents) and the forward working sets.
 
+Run as a script it restarts under ``trady_jax.host_memory.TUNABLES`` (huge pages for the step's
+scratch buffer, which XLA's CPU runtime allocates afresh at every call; ``TRADY_JAX_HOST_MEMORY=
+default`` keeps glibc's defaults). ``host_memory`` in the JSON says which, and each step reports
+``minor_faults_per_step``: the pages the kernel mapped and zeroed for one call.
+
 ``--peer torch`` also times PyTorch's full fine-tuning step (SGD, cross-entropy) on the same network
 with the same weights and batch (``trady_jax.models.torch_peer``; its logits are checked against the
 Flax model's first), with as many threads as the machine has cores; skipped when torch is absent.
@@ -40,6 +45,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from trady_jax import host_memory
 from trady_jax import experiment
 from trady_jax import costs as costs_lib
 from trady_jax import batchnorm, depthwise, ops, parallel, prefix, samplers, sparse_update, steps
@@ -142,7 +148,8 @@ def main(argv=None):
             "devices": jax.device_count(), "cpu_count": os.cpu_count(), "pretrained": pretrained,
             "topk_layers": len(pool), "bn": args.bn,
             "bn_bytes": batchnorm.stored_bytes(costs, args.bn, per_device),
-            "random_init_layers": list(net.random_init_layers)}
+            "random_init_layers": list(net.random_init_layers),
+            "host_memory": host_memory.describe()}
   masks = [as_masks(s) for s in selections]
   timed = {}  # zero-argument step calls, re-timed beside the PyTorch peer
   cases = {"full": (full_step, sgd, None, None), "masked": (masked_step, sgd, masks[0], masks),
@@ -161,6 +168,9 @@ def main(argv=None):
     timed[name] = functools.partial(jitted, *call_args)
     entry = {"temp_bytes": stats["temp_bytes"], "flops": loop_free["flops"],
              "step_s": xla.median_time(jitted, *call_args, repeats=args.repeats, warmup=2)}
+    faults = host_memory.minor_faults()
+    jax.block_until_ready(jitted(*call_args))
+    entry["minor_faults_per_step"] = host_memory.minor_faults() - faults  # fresh pages zeroed
     if s is not None:
       for other in variants[1:]:
         jax.block_until_ready(jitted(params, tx.init(params), other, batch, *bn_state))
@@ -178,8 +188,8 @@ def main(argv=None):
                                                            repeats=args.repeats, warmup=2)
     report[name] = entry
     print(f"{name:>7}: temp {entry['temp_bytes'] / MiB:8.1f} MiB  flops {entry['flops']:.3e}  "
-          f"step {entry['step_s']:.3f} s" + (f"  compiles {entry['compiles']}" if s else ""),
-          flush=True)
+          f"step {entry['step_s']:.3f} s  page faults {entry['minor_faults_per_step']:,}"
+          + (f"  compiles {entry['compiles']}" if s else ""), flush=True)
 
   if args.peer == "torch" and bn_state:
     print("peer torch: skipped, the peer is built from the BN-folded form (--bn folded)")
@@ -274,6 +284,7 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+  host_memory.reexec_with_tunables()  # huge pages for XLA's per-call scratch (host_memory.py)
   import sys
   from trady_jax.models.registry import TRANSFORMERS
   pre = argparse.ArgumentParser(add_help=False)

@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from trady_jax import host_memory
 from trady_jax import experiment
 from trady_jax import costs as costs_lib
 from trady_jax import medyate, paper, samplers, sparse_update, steps, strategies, xla
@@ -138,4 +139,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+  host_memory.reexec_with_tunables()  # huge pages for XLA's per-call scratch (host_memory.py)
   main()

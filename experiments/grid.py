@@ -9,7 +9,9 @@ import sys
 from pathlib import Path
 
 
+from trady_jax import host_memory
 from trady_jax.grid import cli
 
 if __name__ == "__main__":
+  host_memory.reexec_with_tunables()  # huge pages for XLA's per-call scratch (host_memory.py)
   sys.exit(cli.main(train_script=Path(__file__).with_name("train.py")))

@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
+from trady_jax import host_memory
 from trady_jax import data
 from trady_jax.data import CIFAR10_CLASSES as CLASSES
 from trady_jax import models
@@ -144,5 +145,6 @@ def main():
 
 
 if __name__ == "__main__":
+  host_memory.reexec_with_tunables()  # huge pages for XLA's per-call scratch (host_memory.py)
   warnings.simplefilter("ignore", UserWarning)
   main()

@@ -21,6 +21,7 @@ from typing import Callable
 
 import jax
 
+from trady_jax import host_memory
 from trady_jax import experiment
 from trady_jax import costs as costs_lib
 from trady_jax import depthwise, ops, paper, pointwise, xla
@@ -123,4 +124,5 @@ def compare_formulations(net, args, key, kind: str, module) -> dict:
 
 
 if __name__ == "__main__":
+  host_memory.reexec_with_tunables()  # huge pages for XLA's per-call scratch (host_memory.py)
   main()

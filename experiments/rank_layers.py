@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from trady_jax import host_memory
 from trady_jax import config, experiment
 from trady_jax.experiment import cli
 
@@ -34,4 +35,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+  host_memory.reexec_with_tunables()  # huge pages for XLA's per-call scratch (host_memory.py)
   sys.exit(cli.exit_status(main))

@@ -9,7 +9,9 @@ The run is assembled and trained by ``trady_jax.experiment`` (``experiment.run(c
 
 import sys
 
+from trady_jax import host_memory
 from trady_jax.experiment import cli
 
 if __name__ == "__main__":
+  host_memory.reexec_with_tunables()  # huge pages for XLA's per-call scratch (host_memory.py)
   sys.exit(cli.exit_status(cli.train_main))

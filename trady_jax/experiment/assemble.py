@@ -7,7 +7,8 @@ import json
 from pathlib import Path
 
 from trady_jax import costs as costs_lib
-from trady_jax import models, paths, rankings, strategies, train, workdir as workdir_lib
+from trady_jax import host_memory, models, paths, rankings, strategies, train
+from trady_jax import workdir as workdir_lib
 from trady_jax.config import Config, ConfigError
 from trady_jax.experiment.checks import check_scheme_budget
 from trady_jax.experiment.inputs import open_data
@@ -92,7 +93,8 @@ def build_run(cfg: Config, workdir: str | Path) -> train.Run:
 
   provenance = {"pretrained": pretrained, "data": where, "test_images": len(test_src),
                 "bn": bn, "weights_file": net.weights,
-                "random_init_layers": list(net.random_init_layers), "ranking_notes": notes}
+                "random_init_layers": list(net.random_init_layers), "ranking_notes": notes,
+                "host_memory": host_memory.describe()}
   run = train.Run(cfg, workdir, model=model, params=params, train_source=train_src,
                   test_source=test_src, batches=batches, layer_ranking=doc, scheme_counts=counts,
                   batch_stats=net.batch_stats, scheme_biases=biases, provenance=provenance)
