@@ -7,7 +7,10 @@
   by the channel mask (``optax.masked`` / gradient zeroing);
 * ``trady``: the selective layers with a TraDy selection (uniform over the top-K RGN layers), the
   frozen layers below the shallowest selected one run in ``--prefix-chunks`` batch chunks
-  (``trady_jax.prefix``).
+  (``trady_jax.prefix``);
+* ``forward``: inference on the whole batch, timed in the same rounds: the floor of every step
+  (``forward_over_full_time``; with the peer, ``forward_over_torch_full_time`` beside
+  ``torch_forward_over_torch_full_time``).
 
 ``--bn MODE`` (``trady_jax.batchnorm``) measures the same three steps with BatchNorm in that mode
 (default ``folded``, the int8 deployment form, whose ratios are tracked over time) and reports
@@ -191,15 +194,22 @@ def main(argv=None):
           f"step {entry['step_s']:.3f} s  page faults {entry['minor_faults_per_step']:,}"
           + (f"  compiles {entry['compiles']}" if s else ""), flush=True)
 
+  # Inference on the whole batch: the forward pass every training step runs first, a floor for it.
+  eval_step = steps.make_eval_step(model, chunks=1)
+  eval_jit = jax.jit(eval_step) if mesh is None else parallel.jit_eval_step(
+      eval_step, mesh, batch_stats=bool(bn_state))
+  timed["forward"] = functools.partial(eval_jit, params, batch, *bn_state)
+  jax.block_until_ready(timed["forward"]())
+
   if args.peer == "torch" and bn_state:
     print("peer torch: skipped, the peer is built from the BN-folded form (--bn folded)")
   elif args.peer == "torch":
     report["peer"] = torch_peer.timed_full_step(model, host_params, host_batch,
-                                     {k: timed[k] for k in ("full", "trady")}, args.repeats)
+                                     timed, args.repeats)
 
   # The time ratio from rounds that alternate the steps, so both see the same machine load.
   beside = report.get("peer", {}).get("interleaved_step_s") or xla.interleaved_median_times(
-      {k: timed[k] for k in ("full", "trady")}, repeats=args.repeats, warmup=1)
+      timed, repeats=args.repeats, warmup=1)
   report["interleaved_step_s"] = beside
 
   counts = sel.counts(selections[0])
@@ -210,9 +220,6 @@ def main(argv=None):
   loss = lambda p: steps.cross_entropy(
       logits({"params": p, "selection": selections[0]}, local["image"]), local["label"])
   res = xla.residual_bytes(loss, params)
-  eval_step = steps.make_eval_step(model, chunks=1)  # inference on the whole batch
-  eval_jit = jax.jit(eval_step) if mesh is None else parallel.jit_eval_step(
-      eval_step, mesh, batch_stats=bool(bn_state))
   forward = xla.compiled_stats(eval_jit, params, batch, *bn_state)["temp_bytes"]
   k, n = report["trady"]["frozen_prefix_stages"], report["trady"]["prefix_chunks"]
   prefix_temp = suffix_temp = 0
@@ -243,6 +250,7 @@ def main(argv=None):
       "trady_over_full_temp": trady["temp_bytes"] / full["temp_bytes"],
       "trady_over_full_flops": trady["flops"] / full["flops"],
       "trady_over_full_time": beside["trady"] / beside["full"],
+      "forward_over_full_time": beside["forward"] / beside["full"],
       "trady_over_masked_temp": trady["temp_bytes"] / masked["temp_bytes"],
       "masked_over_full_temp": masked["temp_bytes"] / full["temp_bytes"],
       "trady_temp_over_analytic_need": trady["temp_bytes"] / analytic,
@@ -253,6 +261,9 @@ def main(argv=None):
     torch_s = peer["torch_full_step_s"]
     report["ratios"]["trady_over_torch_full_time"] = beside["trady"] / torch_s
     report["ratios"]["full_over_torch_full_time"] = beside["full"] / torch_s
+    # Floors: no training step is faster than its own forward pass.
+    report["ratios"]["forward_over_torch_full_time"] = beside["forward"] / torch_s
+    report["ratios"]["torch_forward_over_torch_full_time"] = peer["torch_forward_s"] / torch_s
   a = report["analytic"]
   print(f"bn {args.bn}: BN backward keeps {report['bn_bytes'] / MiB:.2f} MiB (x_hat of every BN, "
         f"outside the budget; trady_jax.batchnorm) against a budget of {a['budget_units']:,} "

@@ -47,3 +47,15 @@ def test_sgd_step_updates_all_parameters():
 def test_unsupported_model_says_so():
   with pytest.raises(NotImplementedError, match="no PyTorch peer for TinyCNN"):
     torch_peer.torch_model(TinyCNN(), {})
+
+
+def test_timed_full_step_reports_the_step_and_its_forward_pass():
+  model, params = models.load_model("mbv2-w0.35", 10, pretrained=False)
+  params = _random_params(params)
+  rng = np.random.default_rng(2)
+  batch = {"image": rng.uniform(-1, 1, (4, 64, 64, 3)).astype(np.float32),
+           "label": np.array([0, 1, 2, 3])}
+  out = torch_peer.timed_full_step(model, params, batch, {"jax": lambda: None}, repeats=3)
+  assert set(out["interleaved_step_s"]) == {"jax"}  # the peer's own entries are popped
+  # forward + backward + update against the forward alone (about 3x its arithmetic)
+  assert 0 < out["torch_forward_s"] < out["torch_full_step_s"]

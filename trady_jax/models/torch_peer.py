@@ -210,8 +210,9 @@ def sgd_step(net, lr: float = 0.01) -> Callable:
 
 
 def timed_full_step(model, params, batch, jax_steps: dict, repeats: int) -> dict:
-  """``peer`` entries: PyTorch's full fine-tuning step on the same network, weights and batch,
-  timed in rounds interleaved with ``jax_steps`` (zero-argument calls, re-timed beside it)."""
+  """``peer`` entries: PyTorch's full fine-tuning step and its forward pass (no gradients) on the
+  same network, weights and batch, timed in rounds interleaved with ``jax_steps`` (zero-argument
+  calls, re-timed beside them)."""
   if not available():
     print("peer torch: skipped, torch is not installed (optional: pip install torch)", flush=True)
     return {"torch": "not installed"}
@@ -230,13 +231,20 @@ def timed_full_step(model, params, batch, jax_steps: dict, repeats: int) -> dict
   if diff > 1e-3 * max(1.0, float(np.abs(ref).max())):
     raise SystemExit(f"the PyTorch peer is not the same network: logits differ by {diff:.3g}")
   step = sgd_step(net, 0.01)
+
+  def forward():
+    with torch.no_grad():
+      return net(x)
+
   from trady_jax import xla
-  times = xla.interleaved_median_times({**jax_steps, "torch": lambda: step(x, y)},
-                                       repeats=repeats, warmup=2)
-  step_s = times.pop("torch")
-  print(f"  torch: full step {step_s:.3f} s  ({torch.__version__}, {torch.get_num_threads()} "
+  times = xla.interleaved_median_times({**jax_steps, "torch": lambda: step(x, y),
+                                        "torch_forward": forward}, repeats=repeats, warmup=2)
+  step_s, forward_s = times.pop("torch"), times.pop("torch_forward")
+  print(f"  torch: full step {step_s:.3f} s, forward {forward_s:.3f} s  ({torch.__version__}, "
+        f"{torch.get_num_threads()} "
         f"threads; logits match the Flax model to {diff:.1e}); interleaved with it: "
         + ", ".join(f"{k} {v:.3f} s" for k, v in times.items()), flush=True)
-  return {"torch_full_step_s": step_s, "torch_version": torch.__version__,
+  return {"torch_full_step_s": step_s, "torch_forward_s": forward_s,
+          "torch_version": torch.__version__,
           "torch_threads": torch.get_num_threads(), "torch_logits_max_abs_diff": diff,
           "interleaved_step_s": times}
