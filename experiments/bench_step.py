@@ -154,7 +154,7 @@ def main(argv=None):
             "random_init_layers": list(net.random_init_layers),
             "host_memory": host_memory.describe()}
   masks = [as_masks(s) for s in selections]
-  timed = {}  # zero-argument step calls, re-timed beside the PyTorch peer
+  timed = {}  # zero-argument calls of the steps: full, masked, trady, forward
   cases = {"full": (full_step, sgd, None, None), "masked": (masked_step, sgd, masks[0], masks),
            "trady": (trady_step, sparse, selections[0], selections)}
   for name, (fn, tx, s, variants) in cases.items():
@@ -201,15 +201,15 @@ def main(argv=None):
   timed["forward"] = functools.partial(eval_jit, params, batch, *bn_state)
   jax.block_until_ready(timed["forward"]())
 
+  # The time ratios from rounds that alternate the steps, so all see the same machine load.
+  rounds = {k: timed[k] for k in ("full", "trady", "forward")}
   if args.peer == "torch" and bn_state:
     print("peer torch: skipped, the peer is built from the BN-folded form (--bn folded)")
   elif args.peer == "torch":
-    report["peer"] = torch_peer.timed_full_step(model, host_params, host_batch,
-                                     timed, args.repeats)
-
-  # The time ratio from rounds that alternate the steps, so both see the same machine load.
+    report["peer"] = torch_peer.timed_full_step(model, host_params, host_batch, rounds,
+                                                args.repeats)
   beside = report.get("peer", {}).get("interleaved_step_s") or xla.interleaved_median_times(
-      timed, repeats=args.repeats, warmup=1)
+      rounds, repeats=args.repeats, warmup=1)
   report["interleaved_step_s"] = beside
 
   counts = sel.counts(selections[0])

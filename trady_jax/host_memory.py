@@ -60,9 +60,9 @@ def merged(existing: str, tunables: Mapping[str, str] = TUNABLES) -> str:
   >>> merged("")
   'glibc.malloc.hugetlb=1'
   """
-  out = {**tunables, **parse(existing)}
-  order = list(parse(existing)) + [k for k in tunables if k not in parse(existing)]
-  return ":".join(f"{k}={out[k]}" for k in order)
+  own = parse(existing)
+  out = {**own, **{k: v for k, v in tunables.items() if k not in own}}
+  return ":".join(f"{k}={v}" for k, v in out.items())
 
 
 def mode(environ: Mapping[str, str] = os.environ) -> str:
