@@ -7,7 +7,7 @@ when the call returns. glibc serves a block above its mmap threshold (at most 32
 kernel zero-fills each one at its first touch.
 
 For full fine-tuning of mbv2-w0.35 (batch 32, 128x128, temp 229 MiB) that is 58,659 minor page
-faults and 60-140 ms of kernel time per step (``resource.getrusage``): up to half the step. A
+faults and 110-150 ms of kernel time per step (``resource.getrusage``): up to half the step. A
 selective step's temp is small (9.5 MiB) and pays little. PyTorch's CPU tensors go through the same
 ``malloc`` and pay the same way for their large blocks.
 
