@@ -40,6 +40,15 @@ def test_mode_rejects_unknown_values():
     host_memory.mode({host_memory.ENV: "huge"})
 
 
+def test_reexec_never_restarts_an_interactive_session(monkeypatch):
+  calls = []
+  monkeypatch.setattr(host_memory, "supported", lambda: True)
+  monkeypatch.setattr(os, "execve", lambda *a: calls.append(a))
+  monkeypatch.setattr("builtins.__IPYTHON__", True, raising=False)  # what IPython / Jupyter set
+  host_memory.reexec_with_tunables({})
+  assert not calls
+
+
 @pytest.mark.parametrize("environ, restarts", [
     ({}, True),
     ({"GLIBC_TUNABLES": "glibc.malloc.arena_max=2"}, True),
@@ -52,6 +61,7 @@ def test_reexec_restarts_only_when_the_tunables_are_missing(monkeypatch, environ
   monkeypatch.setattr(host_memory, "supported", lambda: True)
   monkeypatch.setattr(os, "execve", lambda path, argv, env: calls.append((path, argv, env)))
   monkeypatch.delattr(sys, "ps1", raising=False)
+  monkeypatch.delattr("builtins.__IPYTHON__", raising=False)
   monkeypatch.setattr(sys, "orig_argv", ["python", "-m", "some.script", "--flag"])
   host_memory.reexec_with_tunables(dict(environ))
   assert bool(calls) == restarts

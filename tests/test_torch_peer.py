@@ -57,5 +57,5 @@ def test_timed_full_step_reports_the_step_and_its_forward_pass():
            "label": np.array([0, 1, 2, 3])}
   out = torch_peer.timed_full_step(model, params, batch, {"jax": lambda: None}, repeats=3)
   assert set(out["interleaved_step_s"]) == {"jax"}  # the peer's own entries are popped
-  # forward + backward + update against the forward alone (about 3x its arithmetic)
-  assert 0 < out["torch_forward_s"] < out["torch_full_step_s"]
+  assert out["torch_forward_s"] > 0 and out["torch_full_step_s"] > 0  # no timing comparison:
+  # under a loaded test run either can be the slower (benchmarks compare times, tests do not)

@@ -28,6 +28,7 @@ per step.
 
 from __future__ import annotations
 
+import builtins
 import os
 import platform
 import resource
@@ -102,7 +103,7 @@ def reexec_with_tunables(environ: MutableMapping[str, str] | None = None) -> Non
   """
   environ = os.environ if environ is None else environ
   if (mode(environ) == "default" or not supported() or active(environ)
-      or hasattr(sys, "ps1") or "ipykernel" in sys.modules):
+      or hasattr(sys, "ps1") or hasattr(builtins, "__IPYTHON__")):
     return
   env = dict(environ, GLIBC_TUNABLES=merged(environ.get("GLIBC_TUNABLES", "")))
   argv = list(getattr(sys, "orig_argv", [sys.executable, *sys.argv]))
