@@ -201,10 +201,8 @@ def main(argv=None) -> dict:
   for name in cases:
     if name == "masked":  # the full backward pass: what full fine-tuning keeps
       continue
-    m, s = (recomputed if name.endswith("recompute") else model,
-            None if name.startswith("full") else floor if name.startswith("path_floor")
-            else selection)
-    kinds = saved_by_kind(m, params, s, batch)
+    m = recomputed if name.endswith("recompute") else model
+    kinds = saved_by_kind(m, params, cases[name][2], batch)  # the case's selection (None: full)
     report[name]["saved_by_kind"] = kinds
     report[name]["saved_bytes"] = sum(kinds.values())
     print(f"{name} keeps for its backward {sum(kinds.values()) / MiB:.1f} MiB: " + ", ".join(

@@ -134,7 +134,7 @@ class Sampler:
     for q in (quantile,) if quantile is not None else FIT_QUANTILES:
       cap = np.maximum(held, np.ceil(np.quantile(counts, q, axis=0, method="higher")))
       overflow = (np.maximum(counts - cap, 0) * memory).sum(axis=1)
-      if np.mean(overflow > OVERFLOW_TOLERANCE * self.budget) < REFIT_RATE:
+      if np.mean(self.refits(overflow)) < REFIT_RATE:
         break
     return self.grow({l.path: int(k) for l, k in zip(self.layers, cap)})
 
@@ -142,6 +142,11 @@ class Sampler:
     """Units the papers' rule wanted beyond the capacities (moved to other layers by the cap)."""
     return sum(max(int(wanted.get(l.path, 0)) - self.capacity.get(l.path, 0), 0) * l.memory
                for l in self.layers)
+
+  def refits(self, overflow_units):
+    """Whether a draw whose capped layers move ``overflow_units`` across layers (a number or an
+    array of them) calls for refitted capacities: over ``OVERFLOW_TOLERANCE`` of the budget."""
+    return overflow_units > OVERFLOW_TOLERANCE * self.budget
 
   def _cost(self) -> jax.Array:
     """Flat per-channel memory cost over the pool (units)."""

@@ -162,7 +162,7 @@ class Selector:
     # capacities never shrink, so earlier shapes stay compiled).
     selection, wanted = self._draw(key, weights)
     wanted = {p: int(k) for p, k in wanted.items()}
-    if self.sampler.overflow_units(wanted) > samplers.OVERFLOW_TOLERANCE * self.sampler.budget:
+    if self.sampler.refits(self.sampler.overflow_units(wanted)):
       fitted = self.sampler.fit(jax.random.fold_in(key, 2 ** 31 - 1), weights).grow(wanted)
       self._set_sampler(fitted)
       selection, _ = self._draw(key, weights)
